@@ -61,6 +61,4 @@ def door_is_locked(row: int, side: str) -> str:
     return f"Vehicle.Cabin.Door.Row{row}.{side}.IsLocked"
 
 
-ALL_DOORS: Final = tuple(
-    (row, side) for row in (1, 2) for side in ("DriverSide", "PassengerSide")
-)
+ALL_DOORS: Final = tuple((row, side) for row in (1, 2) for side in ("DriverSide", "PassengerSide"))

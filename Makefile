@@ -1,0 +1,41 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both create .venv themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= config/example.yaml
+
+.PHONY: run test lint typecheck unit integration clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed  ## install and run the daemon on the embedded default
+	$(BIN)/fleetstream run --config $(CONFIG)
+
+test: lint typecheck  ## install and run everything: lint, types, unit and integration tests
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+typecheck: $(VENV)/.installed-test
+	$(BIN)/mypy
+
+unit: $(VENV)/.installed-test
+	$(BIN)/python -m pytest tests/unit
+
+integration: $(VENV)/.installed-test
+	$(BIN)/python -m pytest tests/integration
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

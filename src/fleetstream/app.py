@@ -1,0 +1,107 @@
+"""Wiring and lifecycle: build the configured components, run them, and shut down in order.
+
+Shutdown (SIGTERM or SIGINT): stop intake (webhooks answer 503), drain the pipeline within
+`pipeline.drain_timeout_secs` so in-flight work is written and settled, then close the HTTP
+listener, the sinks and the dedupe store, and log what was done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import structlog
+
+from fleetstream.config.model import FleetstreamConfig, HttpSourceConfig
+from fleetstream.consumers.http import HttpServer
+from fleetstream.normalize.dedupe import DedupeStore, build_dedupe
+from fleetstream.normalize.registry import get_decoder
+from fleetstream.pipeline import Pipeline
+from fleetstream.sinks.base import Sink
+from fleetstream.sinks.registry import build_sink
+from fleetstream.telemetry.metrics import Telemetry
+
+log = structlog.get_logger("fleetstream")
+
+
+class App:
+    def __init__(self, config: FleetstreamConfig, telemetry: Telemetry | None = None) -> None:
+        self.config = config
+        self.telemetry = telemetry or Telemetry()
+        self.sinks: list[Sink] = [build_sink(c) for c in config.sinks]
+        self.dedupe: DedupeStore = build_dedupe(config.dedupe)
+        self.pipeline = Pipeline(config.pipeline, self.sinks, self.dedupe, self.telemetry)
+        self.http = HttpServer(config.http, self.telemetry, self.readiness_problems)
+        self._started = False
+        self._stopped = False
+
+    def readiness_problems(self) -> dict[str, str]:
+        problems = {}
+        if not self._started:
+            problems["startup"] = "not started"
+        if self.pipeline.closing:
+            problems["shutdown"] = "draining"
+        if not self.pipeline.sinks_healthy:
+            problems["sinks"] = "the last batch could not be committed"
+        return problems
+
+    async def start(self) -> None:
+        for sink in self.sinks:
+            await sink.start()
+            self.telemetry.register_sink(sink.name)
+        await self.dedupe.start()
+        limit = self.config.pipeline.max_in_flight_messages
+        for source in self.config.sources:
+            assert isinstance(source, HttpSourceConfig)
+            handle = self.pipeline.source(
+                source.name,
+                source.decoder,
+                get_decoder(source.decoder),
+                source.max_in_flight_messages or limit,
+            )
+            self.http.add_route(source, handle)
+        self.pipeline.start()
+        await self.http.start()
+        self._started = True
+        log.info(
+            "fleetstream_started",
+            sources=[s.name for s in self.config.sources],
+            sinks=[s.name for s in self.sinks],
+            dedupe=self.config.dedupe.type,
+        )
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        started = time.monotonic()
+        self.http.closing = True
+        drained = await self.pipeline.drain(self.config.pipeline.drain_timeout_secs)
+        await self.http.stop()
+        for sink in self.sinks:
+            await sink.close()
+        await self.dedupe.close()
+        counts = self.pipeline.counts
+        log.info(
+            "fleetstream_stopped",
+            drained=drained,
+            seconds=round(time.monotonic() - started, 3),
+            messages=counts.messages,
+            events_written=counts.events_written,
+            duplicates=counts.duplicates,
+            quarantined=counts.quarantined,
+            failed_batches=counts.failed_batches,
+        )
+
+    async def run_until_signalled(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+            log.info("shutdown_requested")
+        finally:
+            await self.stop()

@@ -1,0 +1,191 @@
+"""The typed configuration. Every model forbids unknown keys, so a typo is an error, not a no-op.
+
+Units are part of field names (`drain_timeout_secs`, `max_body_bytes`). The docstring of each
+field is its documentation in the generated configuration reference.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class LogConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level that is written."""
+    format: Literal["auto", "json", "console"] = "auto"
+    """`json` lines, human `console` output, or `auto`: console on a terminal, JSON otherwise."""
+
+
+class TlsConfig(_Model):
+    cert_file: Path
+    """PEM certificate chain served by the HTTP listener."""
+    key_file: Path
+    """PEM private key of that certificate."""
+
+
+class HttpServerConfig(_Model):
+    listen_host: str = "0.0.0.0"
+    """Address the HTTP listener binds (webhooks, /metrics, /healthz, /readyz)."""
+    listen_port: int = Field(8080, ge=0, le=65535)
+    """TCP port of the HTTP listener; 0 picks a free port."""
+    tls: TlsConfig | None = None
+    """Serve HTTPS directly. Leave unset behind a TLS-terminating proxy or ingress."""
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    """Largest accepted request body; larger ones get 413. The default holds a full-history
+    Car Stats Viewer upload and the largest Connected Cars bulks with room to spare."""
+    retry_after_secs: int = Field(5, ge=1)
+    """Value of the Retry-After header sent with 503 answers."""
+
+
+class BasicAuthConfig(_Model):
+    type: Literal["basic"] = "basic"
+    username: str = Field(min_length=1)
+    """User name the sender must present."""
+    password: SecretStr = Field(min_length=1)
+    """Password the sender must present. Use `${ENV_VAR}` or `${file:/run/secrets/x}` rather
+    than writing it in the file."""
+
+
+class NoAuthConfig(_Model):
+    type: Literal["none"]
+    """Accept unauthenticated requests (only for a listener that is not reachable from outside)."""
+
+
+AuthConfig = Annotated[BasicAuthConfig | NoAuthConfig, Field(discriminator="type")]
+
+
+class HttpSourceConfig(_Model):
+    """A webhook route on the shared HTTP listener, bound to one decoder."""
+
+    type: Literal["http"]
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Source name used in logs, metrics and stored events."""
+    decoder: str
+    """Decoder for the request bodies: `connectedcars-json` or `carstatsviewer`."""
+    path: str = Field(pattern=r"^/[A-Za-z0-9_./-]*$")
+    """URL path of the route, e.g. `/webhooks/connectedcars`."""
+    auth: AuthConfig
+    """How senders authenticate: `basic` (compared in constant time) or `none`."""
+    vehicle: str | None = None
+    """Vehicle the route belongs to. Required for `carstatsviewer`, whose payload names none."""
+    organization: str | None = None
+    """Connected Cars organization key of the senders, part of the event identity when the
+    payload does not carry one."""
+    max_in_flight_messages: int | None = Field(None, gt=0)
+    """Requests of this route being processed at once before new ones get 503; defaults to
+    `pipeline.max_in_flight_messages`."""
+
+    @model_validator(mode="after")
+    def _vehicle_for_csv(self) -> HttpSourceConfig:
+        if self.decoder == "carstatsviewer" and not self.vehicle:
+            raise ValueError("a carstatsviewer route needs `vehicle`: its payload names no vehicle")
+        return self
+
+
+SourceConfig = Annotated[HttpSourceConfig, Field(discriminator="type")]
+
+
+class SqliteSinkConfig(_Model):
+    type: Literal["sqlite"]
+    name: str = Field("sqlite", min_length=1)
+    """Sink name used in logs and metrics."""
+    path: Path = Path("var/fleetstream.db")
+    """Database file; its directory is created if missing."""
+    busy_timeout_secs: float = Field(5.0, ge=0)
+    """How long a write waits for a lock held by another connection before the batch fails
+    (and is retried, then refused with 503 / redelivered)."""
+
+
+class MemorySinkConfig(_Model):
+    """Keeps events in process memory. For tests and `fleetstream decode`-style experiments."""
+
+    type: Literal["memory"]
+    name: str = Field("memory", min_length=1)
+
+
+SinkConfig = Annotated[SqliteSinkConfig | MemorySinkConfig, Field(discriminator="type")]
+
+
+class MemoryDedupeConfig(_Model):
+    type: Literal["memory"]
+    window_secs: float = Field(3600.0, gt=0)
+    """An id is remembered this long after it was written."""
+    max_keys: int = Field(1_000_000, gt=0)
+    """At most this many ids are kept; the oldest are forgotten first."""
+
+
+class SqliteDedupeConfig(_Model):
+    type: Literal["sqlite"]
+    path: Path = Path("var/dedupe.db")
+    """Database file of the seen-id store."""
+    window_secs: float = Field(7 * 86400.0, gt=0)
+    """An id is remembered this long after it was written; older ids are pruned."""
+
+
+class NoDedupeConfig(_Model):
+    """No dedupe store: every event is written, and the sinks' unique keys drop duplicates."""
+
+    type: Literal["none"]
+
+
+DedupeConfig = Annotated[
+    MemoryDedupeConfig | SqliteDedupeConfig | NoDedupeConfig, Field(discriminator="type")
+]
+
+
+class WriteRetryConfig(_Model):
+    attempts: int = Field(3, ge=1)
+    """Attempts to write a batch before its messages are refused (HTTP 503) or redelivered."""
+    backoff_initial_secs: float = Field(0.2, ge=0)
+    """Wait before the second attempt; doubles each time."""
+    backoff_max_secs: float = Field(5.0, ge=0)
+    """Upper bound of the wait between attempts."""
+
+
+class PipelineConfig(_Model):
+    batch_max_events: int = Field(1000, gt=0)
+    """A batch is written once it holds this many events (a single message is never split)."""
+    batch_linger_secs: float = Field(0.05, ge=0)
+    """A batch is written at the latest this long after its first message arrived."""
+    max_in_flight_messages: int = Field(256, gt=0)
+    """Messages per source admitted but not yet settled; beyond it the source is held back."""
+    drain_timeout_secs: float = Field(30.0, gt=0)
+    """On SIGTERM, how long in-flight work may take to be written and settled before exit."""
+    write_retry: WriteRetryConfig = WriteRetryConfig()
+    """Retry policy for failed batch writes."""
+
+
+class FleetstreamConfig(_Model):
+    """The root of a fleetstream YAML file."""
+
+    log: LogConfig = LogConfig()
+    http: HttpServerConfig = HttpServerConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    dedupe: DedupeConfig = SqliteDedupeConfig(type="sqlite")
+    """Where seen event ids are kept: `sqlite` (default, persistent), `memory` or `none`."""
+    sinks: list[SinkConfig] = Field(min_length=1)
+    """Stores every event is written to; an event is settled only when all of them committed."""
+    sources: list[SourceConfig] = Field(min_length=1)
+    """Where events come from."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> FleetstreamConfig:
+        for kind, names in (
+            ("source", [s.name for s in self.sources]),
+            ("sink", [s.name for s in self.sinks]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind} names must be unique; repeated: {', '.join(dupes)}")
+        paths = [s.path for s in self.sources if isinstance(s, HttpSourceConfig)]
+        dupes = sorted({p for p in paths if paths.count(p) > 1})
+        if dupes:
+            raise ValueError(f"http source paths must be unique; repeated: {', '.join(dupes)}")
+        return self
