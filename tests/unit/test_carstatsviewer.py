@@ -307,7 +307,10 @@ def test_selected_gears(gear: str, expected: int) -> None:
 def test_unknown_ignition_and_gear_stay_attributes() -> None:
     """An ignition state or gear outside the documented lists is kept as an attribute only."""
     event = only(decode(raw(state(ignitionState="UNKNOWN", selectedGear="3"))))
-    expected = ({}, {"apiVersion": "2.1", "ignitionState": "UNKNOWN", "selectedGear": "3"})
+    expected: tuple[dict[str, Any], dict[str, Any]] = (
+        {},
+        {"apiVersion": "2.1", "ignitionState": "UNKNOWN", "selectedGear": "3"},
+    )
     assert_same(expected, (dict(event.signals), dict(event.attributes)))
 
 
@@ -634,7 +637,7 @@ def test_resent_driving_point_keeps_its_event_id() -> None:
 
 def test_charging_session_every_key() -> None:
     """A session becomes the documented canonical row, unknown keys kept under vendor names."""
-    body = {
+    body: dict[str, Any] = {
         "apiVersion": "2.1",
         "chargingSessions": [
             session(

@@ -89,5 +89,6 @@ def dumps(value: Any) -> bytes:
 
 def scale(value: int | float, factor: str) -> float:
     """Multiply in decimal arithmetic so unit conversions are exact (0.1 m/s -> 0.36 km/h, not
-    0.36000000000000004). `factor` is a decimal string such as "3.6" or "0.001"."""
-    return float(Decimal(repr(value)) * Decimal(factor))
+    0.36000000000000004). `factor` is a decimal string such as "3.6" or "0.001". Negative zero
+    comes back as 0.0."""
+    return float(Decimal(repr(value)) * Decimal(factor)) + 0.0

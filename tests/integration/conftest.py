@@ -1,0 +1,149 @@
+"""Run the real daemon as a subprocess on loopback, with its own SQLite files."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+CC_USER, CC_PASSWORD = "cc-user", "cc-secret"
+CSV_USER, CSV_PASSWORD = "car1", "csv-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def base_config(data_dir: Path, port: int) -> dict[str, Any]:
+    return {
+        "log": {"level": "info", "format": "json"},
+        "http": {"listen_host": "127.0.0.1", "listen_port": port},
+        "pipeline": {"batch_linger_secs": 0.01, "drain_timeout_secs": 10},
+        "dedupe": {"type": "sqlite", "path": str(data_dir / "dedupe.db")},
+        "sinks": [{"type": "sqlite", "name": "local", "path": str(data_dir / "fleetstream.db")}],
+        "sources": [
+            {
+                "type": "http",
+                "name": "connectedcars",
+                "decoder": "connectedcars-json",
+                "path": "/webhooks/connectedcars",
+                "auth": {"type": "basic", "username": CC_USER, "password": CC_PASSWORD},
+            },
+            {
+                "type": "http",
+                "name": "carstatsviewer-car1",
+                "decoder": "carstatsviewer",
+                "path": "/webhooks/carstatsviewer/car1",
+                "vehicle": "car1",
+                "auth": {"type": "basic", "username": CSV_USER, "password": "${CSV_PASSWORD}"},
+            },
+        ],
+    }
+
+
+@dataclass
+class Daemon:
+    """A fleetstream process started from a YAML file the test wrote."""
+
+    config_path: Path
+    data_dir: Path
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "fleetstream.db"
+
+    def start(self, timeout_secs: float = 15.0) -> None:
+        env = {**os.environ, "CSV_PASSWORD": CSV_PASSWORD, **self.env}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fleetstream", "run", "--config", str(self.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_path.open("ab"),
+            env=env,
+        )
+        deadline = time.monotonic() + timeout_secs
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"daemon exited at start:\n{self.log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"daemon not ready in {timeout_secs}s:\n{self.log_path.read_text()}")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout_secs: float = 20.0) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout_secs)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(self.db_path) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def log_events(self) -> list[str]:
+        return self.log_path.read_text().splitlines()
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Factory: `make_daemon(tweak)` writes a config (tweaked by the callable) and starts it."""
+    started: list[Daemon] = []
+
+    def make(tweak: Callable[[dict[str, Any]], None] | None = None, start: bool = True) -> Daemon:
+        data_dir = tmp_path / "data"
+        port = free_port()
+        config = base_config(data_dir, port)
+        if tweak is not None:
+            tweak(config)
+        config_path = tmp_path / f"fleetstream-{len(started)}.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        daemon = Daemon(config_path, data_dir, port, tmp_path / "daemon.log")
+        started.append(daemon)
+        if start:
+            daemon.start()
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.kill()
