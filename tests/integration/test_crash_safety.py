@@ -115,6 +115,7 @@ async def test_sigterm_under_load_answers_in_flight_and_exits_zero(
     daemon = make_daemon()
     acked: set[int] = set()
     headers = basic(CC_USER, CC_PASSWORD)
+    enough = asyncio.Event()
 
     async def client(session: aiohttp.ClientSession, numbers: range) -> None:
         for number in numbers:
@@ -124,17 +125,18 @@ async def test_sigterm_under_load_answers_in_flight_and_exits_zero(
                 ) as response:
                     if response.status == 200:
                         acked.add(number)
+                        if len(acked) >= 40:
+                            enough.set()
             except aiohttp.ClientError:
                 return
 
-    async def terminate_after(acks: int) -> None:
-        while len(acked) < acks:
-            await asyncio.sleep(0.01)
+    async def terminate_after_enough() -> None:
+        await enough.wait()
         daemon.signal(signal.SIGTERM)
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
         await asyncio.gather(
-            terminate_after(40),
+            terminate_after_enough(),
             *(client(session, range(i, BULKS, CLIENTS)) for i in range(CLIENTS)),
         )
     code = daemon.wait()

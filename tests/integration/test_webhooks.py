@@ -108,7 +108,7 @@ async def test_signals_and_registry_tables(make_daemon: Callable[..., Daemon]) -
 async def test_carstatsviewer_charging_session_replaced(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    """A merged, re-sent charging session replaces the stored one; identical re-sends are dropped."""
+    """A merged, re-sent charging session replaces the stored one; an identical one is dropped."""
     daemon = make_daemon()
     body = orjson.loads((FIXTURES / "carstatsviewer" / "chargingSessions_2_1.json").read_bytes())
     auth = basic(CSV_USER, CSV_PASSWORD)
@@ -181,7 +181,8 @@ async def test_bad_element_quarantined_rest_stored(make_daemon: Callable[..., Da
         },
     ]
 
-    status, answer, _ = await post(daemon, CC_URL, orjson.dumps(bulk), basic(CC_USER, CC_PASSWORD))
+    auth = basic(CC_USER, CC_PASSWORD)
+    status, answer, _ = await post(daemon, CC_URL, orjson.dumps(bulk), auth)
 
     assert (200, 2, 1) == (status, answer["written"], answer["quarantined"])
     assert [(2,)] == daemon.query("SELECT count(*) FROM events")
