@@ -7,14 +7,15 @@ Where each vendor key goes:
 
 - Envelope (`type`, `id`, `vehicleId`, `time`, `organizationKey`): the event's identity, type,
   time and `vehicle`. `organizationKey` falls back to `raw.metadata["organization"]`.
-- Vehicle identity (`vin`, `fleetId`): `vehicle.vin` and `vehicle.fleet_id`, not attributes.
+- Vehicle identity (`vin`, `fleetId`): `vehicle.vin` and `vehicle.fleet_id`, not attributes;
+  a `vin` is also the `Vehicle.VehicleIdentification.VIN` signal.
 - Mapped fields: a VSS signal in the VSS unit. A mapped field that is null is left out. A number
   may arrive as a numeric string; a bool never counts as a number.
 - Everything else: `attributes`, as the vendor sent it. The key is the vendor's field name,
   except that `value` is stored under the event type (`{"can_engine_code": "DFBA"}`), so the
-  attributes of different event types never share a key. Three documented exceptions: `hdop`
-  is stored divided by 100, and `car_profiling` keeps `direction` and `gForce` as attributes
-  besides the acceleration signal they produce.
+  attributes of different event types never share a key. Two exceptions: `hdop` is stored
+  divided by 100, and `car_profiling` keeps `direction` and `gForce` as attributes besides the
+  acceleration signal they produce.
 
 Identity: `id` is a per-shard counter, so the event id also names the organization, the subject
 and the normalised time:
@@ -98,7 +99,7 @@ def _num(factor: str | None = None) -> Convert:
     else:
 
         def convert(value: Any) -> JsonValue:
-            return scale(_number(value), factor) + 0.0
+            return scale(_number(value), factor)
 
     return convert
 
@@ -178,7 +179,7 @@ def _profiling(
     if axis is None or force is None:
         return
     path, factor = axis
-    signals[path] = scale(force, factor) + 0.0
+    signals[path] = scale(force, factor)
 
 
 _KM_TO_M: Final = "1000"
@@ -333,6 +334,8 @@ def _decode_element(
             attributes[event_type if key == "value" else key] = value
     if vin is None:
         vin = signals.get(vss.VIN)
+    else:
+        signals.setdefault(vss.VIN, vin)
 
     org = organization or ""
     time_text = rfc3339(occurred_at)

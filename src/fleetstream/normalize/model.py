@@ -121,12 +121,16 @@ class VehicleEvent:
 
 
 def rfc3339(value: datetime) -> str:
-    """Format an aware datetime as RFC 3339 in UTC with a `Z` suffix and millisecond precision
-    when the value has sub-second parts."""
+    """Format an aware datetime as RFC 3339 in UTC with a `Z` suffix: no fraction for whole
+    seconds, milliseconds when that is exact, microseconds otherwise. Equal instants always give
+    equal text, which event identities rely on."""
     value = value.astimezone(UTC)
-    if value.microsecond:
-        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    micros = value.microsecond
+    if not micros:
+        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if micros % 1000 == 0:
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{micros // 1000:03d}Z"
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def from_epoch_ms(value: int | float) -> datetime:
