@@ -160,6 +160,7 @@ class Pipeline:
         self._dedupe = dedupe
         self.telemetry = telemetry
         self._buffer: list[_Pending] = []
+        self._writing: list[_Pending] = []
         self._buffered_events = 0
         self._has_work = asyncio.Event()
         self._batch_full = asyncio.Event()
@@ -198,8 +199,8 @@ class Pipeline:
             return True
         except TimeoutError:
             self._task.cancel()
-            unsettled = self._buffer
-            self._buffer = []
+            unsettled = self._writing + self._buffer
+            self._buffer, self._writing = [], []
             for pending in unsettled:
                 if not pending.future.done():
                     pending.future.set_exception(PipelineClosed("drain timeout reached"))
@@ -217,14 +218,35 @@ class Pipeline:
             if not self.closing and self._buffered_events < self._config.batch_max_events:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._batch_full.wait(), self._config.batch_linger_secs)
-            batch, self._buffer, self._buffered_events = self._buffer, [], 0
-            if not self.closing:
-                self._batch_full.clear()
+            batch = self._take_batch()
+            self._writing = batch
             try:
                 await self._process(batch)
             except Exception as exc:  # keep the loop alive whatever a sink raised
                 log.exception("batch_failed_unexpectedly")
                 self._fail(batch, RetryableSinkError(f"unexpected error: {exc}"))
+            self._writing = []
+
+    def _take_batch(self) -> list[_Pending]:
+        """Whole messages from the front of the buffer, up to `batch_max_events` (at least one)."""
+        limit = self._config.batch_max_events
+        taken = size = 0
+        for pending in self._buffer:
+            weight = len(pending.events) + len(pending.quarantine)
+            if taken and size + weight > limit:
+                break
+            taken += 1
+            size += weight
+        batch = self._buffer[:taken]
+        del self._buffer[:taken]
+        self._buffered_events -= size
+        if self._buffered_events < limit and not self.closing:
+            self._batch_full.clear()
+        if not self._buffer:
+            self._has_work.clear()
+            if self.closing:
+                self._has_work.set()
+        return batch
 
     async def _process(self, batch: list[_Pending]) -> None:
         owner: dict[str, _Pending] = {}
