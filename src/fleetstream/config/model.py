@@ -108,6 +108,7 @@ class MemorySinkConfig(_Model):
 
     type: Literal["memory"]
     name: str = Field("memory", min_length=1)
+    """Sink name used in logs and metrics."""
 
 
 SinkConfig = Annotated[SqliteSinkConfig | MemorySinkConfig, Field(discriminator="type")]
@@ -166,8 +167,11 @@ class FleetstreamConfig(_Model):
     """The root of a fleetstream YAML file."""
 
     log: LogConfig = LogConfig()
+    """Log level and format."""
     http: HttpServerConfig = HttpServerConfig()
+    """The HTTP listener shared by webhooks, metrics and health endpoints."""
     pipeline: PipelineConfig = PipelineConfig()
+    """Batching, backpressure, retries and shutdown."""
     dedupe: DedupeConfig = SqliteDedupeConfig(type="sqlite")
     """Where seen event ids are kept: `sqlite` (default, persistent), `memory` or `none`."""
     sinks: list[SinkConfig] = Field(min_length=1)
