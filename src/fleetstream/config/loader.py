@@ -3,7 +3,7 @@
 Interpolation applies inside every string scalar:
 - `${NAME}`: the environment variable; an error if it is unset.
 - `${NAME:-default}`: the variable, or `default` when it is unset or empty.
-- `${file:/path/to/secret}`: the file's content without its trailing newline (Kubernetes and
+- `${file:/path/to/secret}`: the file's content without trailing line breaks (Kubernetes and
   systemd credentials are mounted as files).
 - `$${` stands for a literal `${`.
 """
@@ -100,7 +100,7 @@ def yaml_path(where: tuple[str | int, ...]) -> str:
 def _explain(exc: ValidationError, document: Any, origin: str) -> str:
     lines = [f"{origin}: invalid configuration ({exc.error_count()} problem(s))"]
     for error in exc.errors():
-        message = error["msg"]
+        message = error["msg"].removeprefix("Value error, ")
         loc = error["loc"]
         if error["type"] == "extra_forbidden":
             message = "unknown key (check the spelling; docs/configuration.md lists every key)"

@@ -155,7 +155,10 @@ INSERT INTO vehicles (vehicle_key, vendor, vehicle_id, vin, organization, fleet_
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (vehicle_key) DO UPDATE SET
     vin = coalesce(excluded.vin, vehicles.vin),
-    fleet_id = coalesce(vehicles.fleet_id, excluded.fleet_id),
+    fleet_id = CASE WHEN vehicles.fleet_changed_at IS NULL
+                    THEN coalesce(vehicles.fleet_id, excluded.fleet_id)
+                    ELSE vehicles.fleet_id END,
+    first_seen_at = min(vehicles.first_seen_at, excluded.first_seen_at),
     last_event_at = max(vehicles.last_event_at, excluded.last_event_at)
 """
 
