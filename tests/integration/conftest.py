@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -74,10 +75,12 @@ class Daemon:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    scheme: str = "http"
+    ssl_context: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def db_path(self) -> Path:
@@ -96,7 +99,9 @@ class Daemon:
             if self.process.poll() is not None:
                 raise RuntimeError(f"daemon exited at start:\n{self.log_path.read_text()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:
+                with urllib.request.urlopen(
+                    f"{self.url}/readyz", timeout=1, context=self.ssl_context
+                ) as response:
                     if response.status == 200:
                         return
             except OSError:

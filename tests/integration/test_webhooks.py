@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import signal
 import sqlite3
+import ssl
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -270,3 +272,62 @@ async def test_sigterm_drains_and_exits_zero(make_daemon: Callable[..., Daemon])
     stopped = [orjson.loads(line) for line in daemon.log_events() if "fleetstream_stopped" in line]
     assert 1 == len(stopped)
     assert (True, 1) == (stopped[0]["drained"], stopped[0]["messages"])
+
+
+@pytest.fixture
+def self_signed_cert(tmp_path: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for 127.0.0.1 and its key, made with openssl."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_direct_https_with_configured_certificate(
+    make_daemon: Callable[..., Daemon], self_signed_cert: tuple[Path, Path]
+) -> None:
+    """With `http.tls` set the listener speaks HTTPS with that certificate and stores bulks."""
+    cert, key = self_signed_cert
+
+    def with_tls(config: dict[str, Any]) -> None:
+        config["http"]["tls"] = {"cert_file": str(cert), "key_file": str(key)}
+
+    daemon = make_daemon(with_tls, start=False)
+    daemon.scheme = "https"
+    daemon.ssl_context = ssl.create_default_context(cafile=str(cert))
+    daemon.start()
+    body = cc_bulk_of_all_fixtures()
+
+    connector = aiohttp.TCPConnector(ssl=daemon.ssl_context)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.post(
+            f"{daemon.url}{CC_URL}", data=body, headers=basic(CC_USER, CC_PASSWORD)
+        ) as response,
+    ):
+        status = response.status
+
+    assert (200, [(len(orjson.loads(body)),)]) == (
+        status,
+        daemon.query("SELECT count(*) FROM events"),
+    )
