@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Awaitable
 
 import structlog
 
 from fleetstream.config.model import FleetstreamConfig, HttpSourceConfig
 from fleetstream.consumers.http import HttpServer
+from fleetstream.errors import FatalError
 from fleetstream.normalize.dedupe import DedupeStore, build_dedupe
 from fleetstream.normalize.registry import get_decoder
 from fleetstream.pipeline import Pipeline
@@ -47,10 +49,11 @@ class App:
         return problems
 
     async def start(self) -> None:
+        """Start every component; raises `FatalError` naming the one that failed."""
         for sink in self.sinks:
-            await sink.start()
+            await _start(f"sink {sink.name}", sink.start())
             self.telemetry.register_sink(sink.name)
-        await self.dedupe.start()
+        await _start("dedupe store", self.dedupe.start())
         limit = self.config.pipeline.max_in_flight_messages
         for source in self.config.sources:
             assert isinstance(source, HttpSourceConfig)
@@ -62,7 +65,7 @@ class App:
             )
             self.http.add_route(source, handle)
         self.pipeline.start()
-        await self.http.start()
+        await _start("http listener", self.http.start())
         self._started = True
         log.info(
             "fleetstream_started",
@@ -99,9 +102,16 @@ class App:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await self.start()
         try:
+            await self.start()
             await stop.wait()
             log.info("shutdown_requested")
         finally:
             await self.stop()
+
+
+async def _start(component: str, starting: Awaitable[None]) -> None:
+    try:
+        await starting
+    except Exception as exc:
+        raise FatalError(f"cannot start {component}: {exc}") from exc

@@ -34,6 +34,9 @@ from fleetstream.telemetry.metrics import Telemetry
 
 log = structlog.get_logger("fleetstream.pipeline")
 
+DECODE_IN_THREAD_BYTES = 256 * 1024
+"""Payloads larger than this are decoded on a worker thread so the event loop keeps serving."""
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -82,6 +85,11 @@ class SourceHandle:
         self.limit = limit
         self.in_flight = 0
 
+    @property
+    def full(self) -> bool:
+        """Whether a `submit(wait=False)` would be refused right now."""
+        return self._slots.locked()
+
     async def submit(
         self, payload: bytes, metadata: Mapping[str, Any] | None = None, *, wait: bool = True
     ) -> asyncio.Future[Outcome]:
@@ -99,19 +107,27 @@ class SourceHandle:
         telemetry.in_flight.labels(self.name).set(self.in_flight)
         telemetry.message_received(self.name, len(payload))
         raw = RawMessage(payload, self.name, datetime.now(UTC), metadata or {})
-        pending = self._decode(raw)
-        pending.future.add_done_callback(self._release)
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(self._release)
+        try:
+            if len(payload) > DECODE_IN_THREAD_BYTES:
+                pending = await asyncio.to_thread(self._decode, raw, future)
+            else:
+                pending = self._decode(raw, future)
+        except BaseException:
+            future.cancel()
+            raise
         pipeline.enqueue(pending)
-        return pending.future
+        return future
 
     def _release(self, _: asyncio.Future[Outcome]) -> None:
         self.in_flight -= 1
         self._pipeline.telemetry.in_flight.labels(self.name).set(self.in_flight)
         self._slots.release()
 
-    def _decode(self, raw: RawMessage) -> _Pending:
+    def _decode(self, raw: RawMessage, future: asyncio.Future[Outcome]) -> _Pending:
+        """Decode one message; runs on the loop or, for large payloads, on a worker thread."""
         telemetry = self._pipeline.telemetry
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         try:
             decoded = self._decoder(raw)
         except DecodeError as exc:

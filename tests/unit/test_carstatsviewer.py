@@ -830,3 +830,22 @@ def test_charging_sessions_not_an_array() -> None:
         [(r.error.reason, r.raw) for r in decoded.rejected],
     )
     assert expected == actual
+
+
+def test_session_version_time_is_its_latest_point() -> None:
+    """A session still open (no end time) is dated by its latest charging point, so a grown
+    re-send is newer than the version it replaces."""
+    first_point = session()["chargingPoints"][0]
+    later_point = {**first_point, "charging_point_epoch_time": 1696071999000}
+    short = session(end_epoch_time=None, chargingPoints=[first_point])
+    grown = session(end_epoch_time=None, chargingPoints=[first_point, later_point])
+
+    short_event = only(decode(raw({"apiVersion": "2.1", "chargingSessions": [short]})))
+    grown_event = only(decode(raw({"apiVersion": "2.1", "chargingSessions": [grown]})))
+
+    expected = (
+        datetime(2023, 9, 30, 10, 57, 2, 457000, tzinfo=UTC),
+        datetime(2023, 9, 30, 11, 6, 39, tzinfo=UTC),
+    )
+    assert expected == (short_event.occurred_at, grown_event.occurred_at)
+    assert short_event.event_id == grown_event.event_id

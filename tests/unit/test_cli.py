@@ -300,8 +300,9 @@ def test_validate_unknown_decoder(capsys: pytest.CaptureFixture[str], tmp_path: 
     expected = (
         2,
         "",
-        f"fleetstream: {bad}: unknown decoder(s) kafka-avro; known: connectedcars-json,"
-        " carstatsviewer\n",
+        f"fleetstream: {bad}: invalid configuration (1 problem(s))\n"
+        "  sources[0].decoder: unknown decoder 'kafka-avro'; known: carstatsviewer,"
+        " connectedcars-json\n",
     )
     assert expected == (code, out, err)
 
@@ -352,3 +353,60 @@ def test_console_script_fails_cleanly() -> None:
         len(err_lines),
         err_lines[0].startswith("fleetstream: cannot decode: missing_vehicle: "),
     )
+
+
+def test_decode_timestamp_out_of_range_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """An epoch timestamp too large for a date is refused with one line, not a traceback."""
+    code, out, err = run(
+        capsys,
+        "decode",
+        "--decoder",
+        "connectedcars-json",
+        "--timestamp",
+        "99999999999999999999",
+        str(CC_GPS),
+    )
+
+    expected = (
+        2,
+        "",
+        "fleetstream: --timestamp is neither RFC 3339 nor epoch milliseconds:"
+        " 99999999999999999999\n",
+    )
+    assert expected == (code, out, err)
+
+
+def test_run_with_port_in_use_fails_cleanly(tmp_path: Path) -> None:
+    """`fleetstream run` on a taken port exits 2 with a last line naming the listener, after
+    closing the sinks it had opened (the database is consistent and reopenable)."""
+    import socket
+    import sqlite3
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "fleetstream.yaml"
+        config.write_text(
+            "log: {format: json}\n"
+            f"http: {{listen_host: 127.0.0.1, listen_port: {port}}}\n"
+            f"dedupe: {{type: sqlite, path: {tmp_path / 'dedupe.db'}}}\n"
+            f"sinks: [{{type: sqlite, path: {tmp_path / 'events.db'}}}]\n"
+            "sources:\n"
+            "  - {type: http, name: a, decoder: connectedcars-json, path: /a,"
+            " auth: {type: none}}\n",
+            encoding="utf-8",
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "fleetstream", "run", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    assert (2, "") == (done.returncode, done.stdout)
+    assert done.stderr.splitlines()[-1].startswith("fleetstream: cannot start http listener: ")
+    with sqlite3.connect(tmp_path / "events.db") as db:
+        assert [(0,)] == db.execute("SELECT count(*) FROM events").fetchall()

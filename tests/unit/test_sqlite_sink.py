@@ -631,3 +631,28 @@ async def test_write_before_start_is_retryable(tmp_path: Path) -> None:
         await sink.close()
     expected = "sqlite sink sqlite: sink is not started"
     assert expected == str(info.value)
+
+
+async def test_year_before_1000_does_not_beat_newer_values(
+    sink: SqliteSink, db: sqlite3.Connection
+) -> None:
+    """Stored times keep four-digit years, so an event dated 0999 sorts before 2024 and the
+    latest-value guard keeps the 2024 value."""
+    ancient = VehicleEvent(
+        event_id="ancient",
+        vendor="connectedcars",
+        source="test",
+        type="gps_position",
+        kind="signal",
+        vehicle=CC_VEHICLE,
+        occurred_at=datetime(999, 1, 1, tzinfo=UTC),
+        received_at=RECEIVED,
+        signals={vss.SPEED: 1.0},
+    )
+    await sink.write([gps("new", 0, 50.0)], [])
+    await sink.write([ancient], [])
+
+    assert {vss.SPEED: (50.0, stamp(0))} == latest(db)
+    assert [("0999-01-01T00:00:00.000000Z",)] == rows(
+        db, "SELECT occurred_at FROM events WHERE event_id = 'ancient'"
+    )

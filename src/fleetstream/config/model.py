@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from fleetstream.normalize.registry import DECODERS
 
 
 class _Model(BaseModel):
@@ -81,6 +83,13 @@ class HttpSourceConfig(_Model):
     max_in_flight_messages: int | None = Field(None, gt=0)
     """Requests of this route being processed at once before new ones get 503; defaults to
     `pipeline.max_in_flight_messages`."""
+
+    @field_validator("decoder")
+    @classmethod
+    def _known_decoder(cls, name: str) -> str:
+        if name not in DECODERS:
+            raise ValueError(f"unknown decoder {name!r}; known: {', '.join(sorted(DECODERS))}")
+        return name
 
     @model_validator(mode="after")
     def _vehicle_for_csv(self) -> HttpSourceConfig:

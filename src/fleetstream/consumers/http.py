@@ -13,6 +13,7 @@ An unknown vehicle is never a reason to refuse a body.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -73,6 +74,9 @@ class WebhookRoute:
         self._handle = handle
         self._server = server
         self._auth = BasicAuth(config.auth) if isinstance(config.auth, BasicAuthConfig) else None
+        # Bodies being read count against the route's limit too, so concurrent uploads cannot
+        # hold more than `limit` bodies in memory before the pipeline refuses them.
+        self._reading = asyncio.Semaphore(handle.limit)
         metadata: dict[str, str] = {"route": config.path}
         if config.vehicle:
             metadata["vehicle"] = config.vehicle
@@ -98,16 +102,19 @@ class WebhookRoute:
         limit = server.config.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return server.too_large()
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return server.too_large()
-        try:
-            future = await self._handle.submit(body, self._metadata, wait=False)
-        except PipelineFull:
+        if self._reading.locked() or self._handle.full:
             return server.unavailable("pipeline full")
-        except PipelineClosed:
-            return server.unavailable("shutting down")
+        async with self._reading:
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                return server.too_large()
+            try:
+                future = await self._handle.submit(body, self._metadata, wait=False)
+            except PipelineFull:
+                return server.unavailable("pipeline full")
+            except PipelineClosed:
+                return server.unavailable("shutting down")
         try:
             outcome = await future
         except (RetryableSinkError, PipelineClosed) as exc:
@@ -159,7 +166,9 @@ class HttpServer:
         return _json(413, {"error": "body too large", "max_body_bytes": self.config.max_body_bytes})
 
     async def start(self) -> None:
-        runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self._app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
         await runner.setup()
         ssl_context = None
         if self.config.tls is not None:
@@ -170,7 +179,6 @@ class HttpServer:
             self.config.listen_host,
             self.config.listen_port,
             ssl_context=ssl_context,
-            shutdown_timeout=1.0,
         )
         await site.start()
         self._runner = runner

@@ -44,7 +44,9 @@ class Decoded:
 
 Decoder = Callable[[RawMessage], Decoded]
 
-_TRAILING_COMMA = re.compile(rb'("(?:\\.|[^"\\])*")|,(\s*[\]}])')
+# Strings are skipped whole (an unterminated one runs to the end), with possessive quantifiers,
+# so the scan stays linear in the size of the body whatever it contains.
+_TRAILING_COMMA = re.compile(rb'("(?:\\.|[^"\\])*+(?:"|\Z))|,(\s*+[\]}])')
 
 
 def _drop_trailing_comma(match: re.Match[bytes]) -> bytes:

@@ -27,7 +27,8 @@ One body yields up to three kinds of event, all under vendor `carstatsviewer`:
     session again after merging it with a later one; the re-sent version replaces the stored
     one. `version` is the first 16 hex digits of the SHA-256 of the session serialised with
     sorted keys, so an identical re-send is a duplicate and a changed session a new version.
-    occurred_at is `end_epoch_time`, else `start_epoch_time`. Signals: `lat`, `lon` when given.
+    occurred_at is the latest of `end_epoch_time`, `start_epoch_time` and the charging points'
+    times, so versions of a growing session order by time. Signals: `lat`, `lon` when given.
     Attributes are the row a sink stores in its charging_sessions table:
 
         session_id                   int    charging_session_id
@@ -353,6 +354,10 @@ def _session_event(session: JsonObject, route: _Route) -> VehicleEvent:
         raw_points = []
     elif not isinstance(raw_points, list):
         raise _invalid("chargingPoints", "an array", raw_points)
+    points = [_charging_point(item, i, session_id) for i, item in enumerate(raw_points)]
+    # A re-sent session grows: order versions by the latest time anywhere in them, so an older
+    # version delivered late never replaces a newer one.
+    occurred_at = max([stamp[1], *(s[1] for s in (start, end) if s), *(t for _, t in points)])
     signals: dict[str, JsonValue] = {}
     _convert_numbers(session, _POSITION, signals)
     attributes: dict[str, JsonValue] = {
@@ -363,9 +368,7 @@ def _session_event(session: JsonObject, route: _Route) -> VehicleEvent:
         "charged_energy_kwh": _converted(session, "charged_energy", "0.001"),
         "charged_soc_percent": _converted(session, "charged_soc", "100"),
         "outside_temperature_celsius": _converted(session, "outside_temp", None),
-        "charging_points": [
-            _charging_point(item, index, session_id) for index, item in enumerate(raw_points)
-        ],
+        "charging_points": [point for point, _ in points],
     }
     for key, value in session.items():
         if key not in _SESSION_KEYS:
@@ -375,14 +378,16 @@ def _session_event(session: JsonObject, route: _Route) -> VehicleEvent:
         type_="charging_session",
         kind="entity",
         id_part=f"charging_session:{session_id}",
-        occurred_at=stamp[1],
+        occurred_at=occurred_at,
         signals=signals,
         attributes=attributes,
         version=digest[:16],
     )
 
 
-def _charging_point(item: object, index: int, session_id: int) -> dict[str, JsonValue]:
+def _charging_point(
+    item: object, index: int, session_id: int
+) -> tuple[dict[str, JsonValue], datetime]:
     where = f"chargingPoints[{index}]"
     if not isinstance(item, dict):
         raise DecodeError("not_an_object", f"{where} must be an object, got {_show(item)}")
@@ -407,7 +412,7 @@ def _charging_point(item: object, index: int, session_id: int) -> dict[str, Json
     for key, value in item.items():
         if key not in _CHARGING_POINT_KEYS:
             out.setdefault(key, value)
-    return out
+    return out, stamp[1]
 
 
 def _show(value: object) -> str:

@@ -124,13 +124,13 @@ def rfc3339(value: datetime) -> str:
     """Format an aware datetime as RFC 3339 in UTC with a `Z` suffix: no fraction for whole
     seconds, milliseconds when that is exact, microseconds otherwise. Equal instants always give
     equal text, which event identities rely on."""
-    value = value.astimezone(UTC)
-    micros = value.microsecond
+    naive = value.astimezone(UTC).replace(tzinfo=None)
+    micros = naive.microsecond
     if not micros:
-        return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return naive.isoformat(timespec="seconds") + "Z"
     if micros % 1000 == 0:
-        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{micros // 1000:03d}Z"
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return naive.isoformat(timespec="milliseconds") + "Z"
+    return naive.isoformat(timespec="microseconds") + "Z"
 
 
 def from_epoch_ms(value: int | float) -> datetime:

@@ -221,8 +221,8 @@ ON CONFLICT (digest) DO UPDATE SET
 
 
 def ts(value: datetime) -> str:
-    """Fixed-width UTC text that sorts chronologically."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Fixed-width UTC text that sorts chronologically (years are always four digits)."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _json(value: Any) -> str:

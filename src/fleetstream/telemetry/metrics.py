@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 log = structlog.get_logger("fleetstream")
 
+MAX_UNKNOWN_TYPE_LABELS = 50
+
 _WRITE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -100,6 +102,7 @@ class Telemetry:
         )
         self._started = time.time()
         self._last_seen: dict[str, float] = {}
+        self._unknown_type_labels: dict[str, set[str]] = {}
 
     def register_source(self, source: str) -> None:
         """Create a source's series at zero so dashboards and alerts see it before traffic."""
@@ -131,7 +134,13 @@ class Telemetry:
         self.decoded.labels(source).inc(count)
 
     def unknown_event_type(self, source: str, event_type: str) -> None:
-        self.unknown_types.labels(source, event_type).inc()
+        """Counted by type, up to `MAX_UNKNOWN_TYPE_LABELS` types per source; types beyond that
+        share the label `other`, so a sender cannot create unbounded series."""
+        labels = self._unknown_type_labels.setdefault(source, set())
+        if event_type not in labels and len(labels) < MAX_UNKNOWN_TYPE_LABELS:
+            labels.add(event_type)
+        label = event_type if event_type in labels else "other"
+        self.unknown_types.labels(source, label).inc()
         log.info("unknown_event_type", source=source, type=event_type)
 
     def decode_failed(self, source: str, reason: str, error: str, whole_message: bool) -> None:
