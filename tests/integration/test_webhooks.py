@@ -331,3 +331,30 @@ async def test_direct_https_with_configured_certificate(
         status,
         daemon.query("SELECT count(*) FROM events"),
     )
+
+
+async def test_full_history_upload_is_stored(make_daemon: Callable[..., Daemon]) -> None:
+    """A large Car Stats Viewer history upload (6,000 driving points, over 256 KiB so it is
+    decoded off the event loop) is stored completely; posting it again adds nothing."""
+    daemon = make_daemon()
+    points = [
+        {
+            "alt": 12.5,
+            "distance_delta": 100.0,
+            "driving_point_epoch_time": 1696070487231 + i * 10_000,
+            "energy_delta": 15.5,
+            "lat": 52.0 + i / 100_000,
+            "lon": 13.0,
+            "state_of_charge": 0.8,
+        }
+        for i in range(6000)
+    ]
+    body = orjson.dumps({"apiVersion": "2.1", "appVersion": "0.25.2", "drivingPoints": points})
+    auth = basic(CSV_USER, CSV_PASSWORD)
+
+    status, answer, _ = await post(daemon, CSV_URL, body, auth)
+    again, repeat, _ = await post(daemon, CSV_URL, body, auth)
+
+    assert len(body) > 256 * 1024
+    assert (200, 6000, 200, 6000) == (status, answer["written"], again, repeat["duplicates"])
+    assert [(6000,)] == daemon.query("SELECT count(*) FROM events WHERE type = 'driving_point'")
