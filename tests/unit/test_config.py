@@ -202,11 +202,11 @@ def test_unknown_nested_key_error_names_its_path() -> None:
 
 def test_unknown_source_type_names_type_path() -> None:
     """An unknown source type is reported at `sources[N].type` with the known types."""
-    text = config_text().replace("  - type: http", "  - type: kafka")
+    text = config_text().replace("  - type: http", "  - type: mqtt")
     message = config_error(text)
     expected = (
         "test.yaml: invalid configuration (1 problem(s))\n"
-        "  sources[0].type: unknown type 'kafka'; expected one of 'http'"
+        "  sources[0].type: unknown type 'mqtt'; expected one of 'http', 'kafka'"
     )
     assert expected == message
 

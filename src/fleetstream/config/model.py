@@ -14,6 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from fleetstream.normalize.registry import DECODERS
 
 
+def _check_decoder(name: str) -> str:
+    if name not in DECODERS:
+        raise ValueError(f"unknown decoder {name!r}; known: {', '.join(sorted(DECODERS))}")
+    return name
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -87,9 +93,7 @@ class HttpSourceConfig(_Model):
     @field_validator("decoder")
     @classmethod
     def _known_decoder(cls, name: str) -> str:
-        if name not in DECODERS:
-            raise ValueError(f"unknown decoder {name!r}; known: {', '.join(sorted(DECODERS))}")
-        return name
+        return _check_decoder(name)
 
     @model_validator(mode="after")
     def _vehicle_for_csv(self) -> HttpSourceConfig:
@@ -98,7 +102,110 @@ class HttpSourceConfig(_Model):
         return self
 
 
-SourceConfig = Annotated[HttpSourceConfig, Field(discriminator="type")]
+class KafkaTlsConfig(_Model):
+    ca_file: Path | None = None
+    """PEM CA bundle that signs the brokers' certificates (default: the system store)."""
+    cert_file: Path | None = None
+    """PEM client certificate, for brokers that require mutual TLS."""
+    key_file: Path | None = None
+    """PEM private key of the client certificate."""
+    key_password: SecretStr | None = None
+    """Password of an encrypted client key."""
+    verify_hostname: bool = True
+    """Check that the broker certificate names the host connected to."""
+
+
+KAFKA_MANAGED_PROPERTIES = frozenset(
+    {
+        "bootstrap.servers",
+        "group.id",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "auto.offset.reset",
+        "security.protocol",
+        "sasl.mechanism",
+        "sasl.username",
+        "sasl.password",
+    }
+)
+"""librdkafka properties fleetstream sets itself; `extra_properties` may not override them,
+because the delivery guarantee depends on them (offsets are stored and committed explicitly)."""
+
+
+class KafkaSourceConfig(_Model):
+    """A Kafka consumer in a consumer group, committing offsets only past settled messages."""
+
+    type: Literal["kafka"]
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Source name used in logs, metrics and stored events."""
+    decoder: str
+    """Decoder for the record values, e.g. `mobito`."""
+    bootstrap_servers: list[str] = Field(min_length=1)
+    """Brokers to bootstrap from, as `host:port`."""
+    topics: list[str] = Field(min_length=1)
+    """Topics to consume."""
+    group_id: str = Field(min_length=1)
+    """Consumer group; replicas with the same group split the partitions."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How to talk to the brokers. MOBITO's push API needs `SASL_SSL`."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism for the `SASL_*` protocols."""
+    sasl_username: str | None = None
+    """SASL user name."""
+    sasl_password: SecretStr | None = None
+    """SASL password; use `${ENV_VAR}` or `${file:...}`."""
+    tls: KafkaTlsConfig = KafkaTlsConfig()
+    """TLS settings for the `SSL` and `SASL_SSL` protocols."""
+    start_position: Literal["earliest", "latest"] = "earliest"
+    """Where a group without committed offsets starts reading."""
+    session_timeout_secs: float = Field(45.0, gt=0)
+    """Broker-side liveness timeout of a group member."""
+    heartbeat_interval_secs: float = Field(3.0, gt=0)
+    """How often the member heartbeats; well below `session_timeout_secs`."""
+    max_poll_interval_secs: float = Field(300.0, gt=0)
+    """Longest allowed gap between polls before the member leaves the group. fleetstream keeps
+    polling (with partitions paused) while the pipeline is full, so slow sinks never hit it."""
+    commit_interval_secs: float = Field(1.0, gt=0)
+    """How often settled offsets are committed (also on revocation and shutdown)."""
+    poll_timeout_secs: float = Field(0.25, gt=0)
+    """Longest wait of one poll for records."""
+    poll_batch_max: int = Field(500, gt=0)
+    """Most records fetched by one poll."""
+    max_in_flight_messages: int | None = Field(None, gt=0)
+    """Records admitted and not yet settled before the partitions are paused; defaults to
+    `pipeline.max_in_flight_messages`."""
+    extra_properties: dict[str, str | int | float | bool] = {}
+    """Further librdkafka properties, passed through as they are (e.g. `client.id`,
+    `fetch.max.bytes`). The properties fleetstream manages itself are refused."""
+
+    @field_validator("decoder")
+    @classmethod
+    def _known_decoder(cls, name: str) -> str:
+        return _check_decoder(name)
+
+    @model_validator(mode="after")
+    def _consistent_security(self) -> KafkaSourceConfig:
+        if self.security_protocol.startswith("SASL_"):
+            missing = [
+                key
+                for key in ("sasl_mechanism", "sasl_username", "sasl_password")
+                if getattr(self, key) is None
+            ]
+            if missing:
+                raise ValueError(
+                    f"security_protocol {self.security_protocol} needs {', '.join(missing)}"
+                )
+        elif self.sasl_mechanism or self.sasl_username or self.sasl_password:
+            raise ValueError("sasl_* settings need security_protocol SASL_PLAINTEXT or SASL_SSL")
+        managed = sorted(KAFKA_MANAGED_PROPERTIES & set(self.extra_properties))
+        if managed:
+            raise ValueError(
+                f"extra_properties may not set {', '.join(managed)}: fleetstream manages them"
+            )
+        return self
+
+
+SourceConfig = Annotated[HttpSourceConfig | KafkaSourceConfig, Field(discriminator="type")]
 
 
 class SqliteSinkConfig(_Model):
