@@ -36,7 +36,9 @@ class App:
         self.sinks: list[Sink] = [build_sink(c) for c in config.sinks]
         self.dedupe: DedupeStore = build_dedupe(config.dedupe)
         self.pipeline = Pipeline(config.pipeline, self.sinks, self.dedupe, self.telemetry)
-        self.http = HttpServer(config.http, self.telemetry, self.readiness_problems)
+        self.http = HttpServer(
+            config.http, self.telemetry, self.readiness_problems, self.liveness_problems
+        )
         self.sources: list[Source] = []
         self._started = False
         self._stopped = False
@@ -52,6 +54,10 @@ class App:
         for source in self.sources:
             problems.update(source.problems())
         return problems
+
+    def liveness_problems(self) -> dict[str, str]:
+        """Components that failed for good: /healthz answers 503 so the supervisor restarts."""
+        return {s.name: f for s in self.sources if (f := s.failure()) is not None}
 
     async def start(self) -> None:
         """Start every component; raises `FatalError` naming the one that failed."""

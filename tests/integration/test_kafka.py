@@ -17,7 +17,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.integration.conftest import Daemon, KafkaBroker, kafka_source
 
-pytestmark = pytest.mark.integration
+# Group joins, a killed member's session timeout and a deliberate stall take real seconds.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 PARTITIONS = 3
 

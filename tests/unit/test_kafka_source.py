@@ -14,21 +14,22 @@ from fleetstream.errors import ConfigError
 P0, P1 = ("t", 0), ("t", 1)
 
 
-def tracker_with(partition: tuple[str, int], offsets: range) -> OffsetTracker:
+def tracker_with(partition: tuple[str, int], offsets: range) -> tuple[OffsetTracker, int]:
     tracker = OffsetTracker()
+    epoch = 0
     for offset in offsets:
-        tracker.track(partition, offset)
-    return tracker
+        epoch = tracker.track(partition, offset)
+    return tracker, epoch
 
 
 def test_commit_waits_for_the_gap() -> None:
     """Out-of-order settling never moves the commit past an unsettled offset."""
-    tracker = tracker_with(P0, range(10, 15))
-    tracker.settle(P0, 11)
-    tracker.settle(P0, 12)
+    tracker, epoch = tracker_with(P0, range(10, 15))
+    tracker.settle(P0, 11, epoch)
+    tracker.settle(P0, 12, epoch)
     before_gap = tracker.to_commit()
 
-    tracker.settle(P0, 10)
+    tracker.settle(P0, 10, epoch)
     after_gap = tracker.to_commit()
 
     assert ({}, {P0: 13}) == (before_gap, after_gap)
@@ -36,51 +37,80 @@ def test_commit_waits_for_the_gap() -> None:
 
 def test_commit_is_reported_once_per_move() -> None:
     """After a successful commit the same offset is not offered again; a new move is."""
-    tracker = tracker_with(P0, range(3))
-    tracker.settle(P0, 0)
+    tracker, epoch = tracker_with(P0, range(3))
+    tracker.settle(P0, 0, epoch)
     tracker.committed(tracker.to_commit())
     unchanged = tracker.to_commit()
-    tracker.settle(P0, 1)
+    tracker.settle(P0, 1, epoch)
 
     assert ({}, {P0: 2}) == (unchanged, tracker.to_commit())
 
 
+def test_late_commit_result_never_moves_back() -> None:
+    """A commit acknowledgement for an older offset arriving late does not lower `committed`."""
+    tracker, epoch = tracker_with(P0, range(5))
+    for offset in range(5):
+        tracker.settle(P0, offset, epoch)
+    tracker.committed({P0: 5})
+    tracker.committed({P0: 2})
+
+    assert {} == tracker.to_commit()
+
+
 def test_partitions_are_independent() -> None:
     """A gap in one partition does not hold back another."""
-    tracker = tracker_with(P0, range(5))
+    tracker, epoch0 = tracker_with(P0, range(5))
+    epoch1 = 0
     for offset in range(100, 103):
-        tracker.track(P1, offset)
-    tracker.settle(P0, 1)
+        epoch1 = tracker.track(P1, offset)
+    tracker.settle(P0, 1, epoch0)
     for offset in range(100, 103):
-        tracker.settle(P1, offset)
+        tracker.settle(P1, offset, epoch1)
 
     assert {P1: 103} == tracker.to_commit()
     assert {} == tracker.to_commit([P0])
 
 
-def test_rewind_forgets_the_failed_offset_and_later_ones() -> None:
-    """After a rewind the failed offset and those after it are no longer pending; settling a
-    stale delivery of them changes nothing until they are tracked again."""
-    tracker = tracker_with(P0, range(5))
-    tracker.settle(P0, 0)
+def test_rewind_starts_a_new_epoch() -> None:
+    """After a rewind, outcomes of dropped deliveries (at or past the rewind point) are stale;
+    deliveries before it still count, and so do the re-read ones."""
+    tracker, old = tracker_with(P0, range(5))
+    tracker.settle(P0, 0, old)
     tracker.rewind(P0, 2)
-    tracker.settle(P0, 1)
-    tracker.settle(P0, 3)
+    current = (tracker.is_current(P0, 1, old), tracker.is_current(P0, 3, old))
+    tracker.settle(P0, 3, old)
+    tracker.settle(P0, 1, old)
     after_rewind = tracker.to_commit()
 
-    tracker.track(P0, 2)
-    tracker.settle(P0, 2)
+    new = tracker.track(P0, 2)
+    tracker.track(P0, 3)
+    tracker.settle(P0, 2, new)
 
-    assert ({P0: 2}, {P0: 3}) == (after_rewind, tracker.to_commit())
+    assert ((True, False), {P0: 2}, {P0: 3}) == (current, after_rewind, tracker.to_commit())
+    assert old != new
 
 
-def test_forgotten_partition_ignores_late_settles() -> None:
-    """Settles arriving after a revocation are ignored and nothing is committed for it."""
-    tracker = tracker_with(P0, range(3))
+def test_current_failure_is_recognised() -> None:
+    """A pending delivery of the current epoch is current; a settled one is not."""
+    tracker, epoch = tracker_with(P0, range(3))
+    tracker.settle(P0, 0, epoch)
+
+    assert (False, True) == (tracker.is_current(P0, 0, epoch), tracker.is_current(P0, 1, epoch))
+
+
+def test_released_partition_ignores_late_outcomes_after_reassignment() -> None:
+    """After a release and a new assignment, outcomes of the previous owner's deliveries are
+    stale even for the same offsets."""
+    tracker, old = tracker_with(P0, range(3))
     tracker.forget([P0])
-    tracker.settle(P0, 0)
+    tracker.settle(P0, 0, old)
+    released = (tracker.to_commit(), tracker.in_flight(P0))
 
-    assert ({}, 0) == (tracker.to_commit(), tracker.in_flight(P0))
+    new = tracker.track(P0, 0)
+    tracker.settle(P0, 0, old)
+
+    assert (({}, 0), False, {}) == (released, tracker.is_current(P0, 0, old), tracker.to_commit())
+    assert old != new
 
 
 def source(**fields: Any) -> KafkaSourceConfig:

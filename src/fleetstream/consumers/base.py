@@ -26,3 +26,6 @@ class Source(Protocol):
 
     def problems(self) -> dict[str, str]:
         """Reasons the source is not ready; empty when it is."""
+
+    def failure(self) -> str | None:
+        """Why the source stopped working for good (the daemon should be restarted), if it did."""

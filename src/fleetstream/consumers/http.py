@@ -34,7 +34,7 @@ from fleetstream.telemetry.metrics import Telemetry
 log = structlog.get_logger("fleetstream.http")
 
 Readiness = Callable[[], dict[str, str]]
-"""Returns the reasons the daemon is not ready; empty when it is."""
+"""Returns the reasons the daemon is not ready (or not alive); empty when it is."""
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
@@ -143,10 +143,17 @@ class WebhookRoute:
 class HttpServer:
     """The daemon's one HTTP listener."""
 
-    def __init__(self, config: HttpServerConfig, telemetry: Telemetry, readiness: Readiness):
+    def __init__(
+        self,
+        config: HttpServerConfig,
+        telemetry: Telemetry,
+        readiness: Readiness,
+        liveness: Readiness,
+    ) -> None:
         self.config = config
         self.telemetry = telemetry
         self._readiness = readiness
+        self._liveness = liveness
         self.closing = False
         self._app = web.Application(client_max_size=config.max_body_bytes)
         self._app.router.add_get("/healthz", self._healthz)
@@ -198,6 +205,9 @@ class HttpServer:
             self._runner = None
 
     async def _healthz(self, _: web.Request) -> web.Response:
+        failures = self._liveness()
+        if failures:
+            return _json(503, {"status": "failed", "problems": failures})
         return _json(200, {"status": "alive"})
 
     async def _readyz(self, _: web.Request) -> web.Response:

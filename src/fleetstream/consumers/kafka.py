@@ -88,7 +88,11 @@ def consumer_properties(config: KafkaSourceConfig) -> dict[str, Any]:
 
 @dataclass(slots=True)
 class _PartitionOffsets:
+    epoch: int
+    """Bumped by every rewind and release; each pending offset remembers the epoch it was
+    handed over in, so outcomes of deliveries a rewind made obsolete can be recognised."""
     pending: deque[int] = field(default_factory=deque)
+    epochs: dict[int, int] = field(default_factory=dict)
     settled: set[int] = field(default_factory=set)
     commit_at: int | None = None
     """Next offset to read once everything before it settled: what a commit stores."""
@@ -96,35 +100,62 @@ class _PartitionOffsets:
 
 
 class OffsetTracker:
-    """Which offsets of each partition are in flight, and how far a commit may go."""
+    """Which offsets of each partition are in flight, and how far a commit may go.
+
+    Each tracked offset carries the partition's epoch at the time it was handed over. A rewind
+    drops the offsets from the rewind point on and starts a new epoch; a release forgets the
+    partition. Outcomes of deliveries that were dropped (still in the pipeline) are then told
+    apart from those of the re-read and ignored.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._partitions: dict[Partition, _PartitionOffsets] = {}
+        self._epochs: dict[Partition, int] = {}
 
-    def track(self, partition: Partition, offset: int) -> None:
-        with self._lock:
-            self._partitions.setdefault(partition, _PartitionOffsets()).pending.append(offset)
-
-    def settle(self, partition: Partition, offset: int) -> None:
+    def track(self, partition: Partition, offset: int) -> int:
+        """Start tracking `offset`; returns the epoch to pass to `settle` / `is_current`."""
         with self._lock:
             state = self._partitions.get(partition)
-            if state is None or offset not in state.pending:
-                return  # revoked meanwhile, or rewound: the new owner or the re-read decides
+            if state is None:
+                state = _PartitionOffsets(epoch=self._epochs.get(partition, 0))
+                self._partitions[partition] = state
+            state.pending.append(offset)
+            state.epochs[offset] = state.epoch
+            return state.epoch
+
+    def is_current(self, partition: Partition, offset: int, epoch: int) -> bool:
+        """Whether this delivery of `offset` is the tracked, unsettled one."""
+        with self._lock:
+            state = self._partitions.get(partition)
+            return (
+                state is not None
+                and state.epochs.get(offset) == epoch
+                and offset not in state.settled
+            )
+
+    def settle(self, partition: Partition, offset: int, epoch: int) -> None:
+        with self._lock:
+            state = self._partitions.get(partition)
+            if state is None or state.epochs.get(offset) != epoch:
+                return  # released or rewound meanwhile: the re-read or the new owner decides
             state.settled.add(offset)
             while state.pending and state.pending[0] in state.settled:
                 done = state.pending.popleft()
                 state.settled.discard(done)
+                del state.epochs[done]
                 state.commit_at = done + 1
 
     def rewind(self, partition: Partition, offset: int) -> None:
-        """Forget `offset` and everything after it: they will be read again."""
+        """Forget `offset` and everything after it (they will be read again); new epoch."""
         with self._lock:
             state = self._partitions.get(partition)
             if state is None:
                 return
             state.pending = deque(o for o in state.pending if o < offset)
             state.settled = {o for o in state.settled if o < offset}
+            state.epochs = {o: e for o, e in state.epochs.items() if o < offset}
+            state.epoch = self._next_epoch(partition)
 
     def to_commit(self, partitions: list[Partition] | None = None) -> dict[Partition, int]:
         """Offsets that moved since their last successful commit."""
@@ -137,21 +168,34 @@ class OffsetTracker:
                     out[p] = state.commit_at
             return out
 
+    def position(self, partition: Partition) -> int | None:
+        """The offset below which everything settled, if anything settled since assignment."""
+        with self._lock:
+            state = self._partitions.get(partition)
+            return state.commit_at if state else None
+
     def committed(self, offsets: dict[Partition, int]) -> None:
         with self._lock:
             for p, offset in offsets.items():
-                if p in self._partitions:
-                    self._partitions[p].committed = offset
+                state = self._partitions.get(p)
+                if state is not None and (state.committed is None or offset > state.committed):
+                    state.committed = offset
 
     def forget(self, partitions: list[Partition]) -> None:
         with self._lock:
             for p in partitions:
-                self._partitions.pop(p, None)
+                if self._partitions.pop(p, None) is not None:
+                    self._next_epoch(p)
 
     def in_flight(self, partition: Partition) -> int:
         with self._lock:
             state = self._partitions.get(partition)
             return len(state.pending) if state else 0
+
+    def _next_epoch(self, partition: Partition) -> int:
+        epoch = self._epochs.get(partition, 0) + 1
+        self._epochs[partition] = epoch
+        return epoch
 
 
 class _KafkaMetrics:
@@ -214,11 +258,16 @@ class KafkaSource:
         self._task: asyncio.Task[None] | None = None
         self._last_commit = 0.0
         self._fatal: str | None = None
+        self._cooperative = False
 
     # Lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._consumer = Consumer(consumer_properties(self._config))
+        properties = consumer_properties(self._config)
+        properties["on_commit"] = self._on_commit
+        strategy = str(properties.get("partition.assignment.strategy", ""))
+        self._cooperative = "cooperative" in strategy
+        self._consumer = Consumer(properties)
         await self._call(
             self._consumer.subscribe,
             self._config.topics,
@@ -239,7 +288,9 @@ class KafkaSource:
         """Stop reading new records; records already admitted keep settling."""
         self._stopping = True
         if self._task is not None:
-            await self._task
+            # A loop that died was logged and reported as not ready; shutdown goes on.
+            with contextlib.suppress(Exception):
+                await self._task
 
     async def close(self) -> None:
         """Commit what settled and leave the group. Call after the pipeline drained."""
@@ -253,7 +304,12 @@ class KafkaSource:
     def problems(self) -> dict[str, str]:
         if self._fatal is not None:
             return {self.name: self._fatal}
+        if not self._assigned:
+            return {self.name: "no partitions assigned"}
         return {}
+
+    def failure(self) -> str | None:
+        return self._fatal
 
     # The poll loop -------------------------------------------------------------------------
 
@@ -279,7 +335,7 @@ class KafkaSource:
                         self._client_error(error)
                 await self._admit_held()
                 if time.monotonic() - self._last_commit >= config.commit_interval_secs:
-                    await self._call(self._commit)
+                    await self._call(self._commit, None, wait=False)
         except PipelineClosed:
             pass
         except Exception:
@@ -297,19 +353,21 @@ class KafkaSource:
             key: Partition = (topic, partition)
             if key not in self._assigned:
                 continue  # revoked while it waited
-            self._tracker.track(key, offset)
+            epoch = self._tracker.track(key, offset)
             future = await self._handle.submit(record.value() or b"", _metadata(record), wait=False)
-            future.add_done_callback(self._settled_callback(key, offset))
+            future.add_done_callback(self._settled_callback(key, offset, epoch))
 
     def _settled_callback(
-        self, partition: Partition, offset: int
+        self, partition: Partition, offset: int, epoch: int
     ) -> Callable[[asyncio.Future[Outcome]], None]:
         def settled(future: asyncio.Future[Outcome]) -> None:
-            if future.cancelled() or future.exception() is not None:
+            if not (future.cancelled() or future.exception() is not None):
+                self._tracker.settle(partition, offset, epoch)
+            elif self._tracker.is_current(partition, offset, epoch):
+                # Only a failure of the current delivery rewinds: a stale copy failing late
+                # must not seek past records the re-read has not reached yet.
                 current = self._rewinds.get(partition)
                 self._rewinds[partition] = offset if current is None else min(current, offset)
-            else:
-                self._tracker.settle(partition, offset)
 
         return settled
 
@@ -345,40 +403,49 @@ class KafkaSource:
             partitions=len(partitions),
         )
 
-    def _commit(self, only: list[Partition] | None = None) -> None:
+    def _commit(self, only: list[Partition] | None = None, *, wait: bool = True) -> None:
+        """Commit settled offsets. Periodic commits don't wait (a broker outage must not stall
+        the poll loop): their result arrives in `_on_commit`. Revocation and shutdown wait."""
         self._last_commit = time.monotonic()
         consumer = self._consumer
         if consumer is None:
             return
         offsets = self._tracker.to_commit(only)
         if offsets:
+            partitions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
             try:
-                consumer.commit(
-                    offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                    asynchronous=False,
-                )
+                if wait:
+                    consumer.commit(offsets=partitions, asynchronous=False)
+                    self._tracker.committed(offsets)
+                else:
+                    consumer.commit(offsets=partitions, asynchronous=True)
             except KafkaException as exc:
                 self._metrics.commit_failures.labels(self.name).inc()
                 log.warning("kafka_commit_failed", source=self.name, error=str(exc))
-                return
-            self._tracker.committed(offsets)
-            log.debug("kafka_committed", source=self.name, partitions=len(offsets))
         self._update_lag(consumer)
 
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if error is not None:
+            self._metrics.commit_failures.labels(self.name).inc()
+            log.warning("kafka_commit_failed", source=self.name, error=error.str())
+            return
+        done = {(tp.topic, tp.partition): tp.offset for tp in partitions if tp.error is None}
+        self._tracker.committed(done)
+
     def _update_lag(self, consumer: Consumer) -> None:
+        """Lag from the cached high watermark of the last fetch (it does not move while a
+        partition is paused) to the offset below which everything settled."""
         for topic, partition in self._assigned:
+            position = self._tracker.position((topic, partition))
+            if position is None:
+                continue
             try:
                 _, high = consumer.get_watermark_offsets(
                     TopicPartition(topic, partition), cached=True
                 )
             except KafkaException:
                 continue
-            offsets = self._tracker.to_commit([(topic, partition)])
-            position = offsets.get((topic, partition))
-            if position is None:
-                committed = consumer.position([TopicPartition(topic, partition)])[0].offset
-                position = committed if committed >= 0 else None
-            if high >= 0 and position is not None:
+            if high >= 0:
                 self._metrics.lag.labels(self.name, topic, str(partition)).set(
                     max(0, high - position)
                 )
@@ -387,8 +454,15 @@ class KafkaSource:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         self._assigned.update(keys)
         self._metrics.rebalances.labels(self.name, "assign").inc()
-        if self._paused and partitions:
-            consumer.pause(partitions)
+        # Assign here rather than after the callback, so the pause state can be set on the
+        # partitions: librdkafka keeps a partition's pause flag across revocations, so a
+        # partition coming back must be resumed explicitly when the source is not paused.
+        if self._cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+        if partitions:
+            (consumer.pause if self._paused else consumer.resume)(partitions)
         log.info("kafka_partitions_assigned", source=self.name, partitions=sorted(keys))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -402,6 +476,10 @@ class KafkaSource:
     def _release(self, keys: list[Partition], kind: str) -> None:
         self._assigned.difference_update(keys)
         self._tracker.forget(keys)
+        released = set(keys)
+        self._held = deque(r for r in self._held if (r.topic(), r.partition()) not in released)
+        for key in released:
+            self._rewinds.pop(key, None)
         for topic, partition in keys:
             with contextlib.suppress(KeyError):
                 self._metrics.lag.remove(self.name, topic, str(partition))
