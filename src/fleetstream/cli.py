@@ -22,8 +22,10 @@ _DECODE_KEYS = (
     "vehicle",
     "occurred_at",
     "signals",
+    "signal_times",
     "attributes",
 )
+"""What `decode` prints per event, in this order; `signal_times` only when the event has any."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,7 +139,7 @@ def _decode(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     for event in decoded.events:
         full = event.to_dict()
-        out.write(orjson.dumps({k: full[k] for k in _DECODE_KEYS}) + b"\n")
+        out.write(orjson.dumps({k: full[k] for k in _DECODE_KEYS if k in full}) + b"\n")
     out.flush()
     for rejected in decoded.rejected:
         print(f"fleetstream: rejected element: {rejected.error}", file=sys.stderr)

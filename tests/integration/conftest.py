@@ -232,3 +232,111 @@ def kafka_source(bootstrap: str, topic: str, group: str, **overrides: Any) -> di
     }
     source.update(overrides)
     return source
+
+
+AMQP_HINT = (
+    "RabbitMQ runs on the project's machines at 127.0.0.1:5672 (start it with "
+    "`rabbitmq-server -detached`); set FLEETSTREAM_TEST_AMQP=host:port to use another broker"
+)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> tuple[str, int]:
+    """The shared RabbitMQ broker (guest/guest), checked to be reachable."""
+    host, _, port = os.environ.get("FLEETSTREAM_TEST_AMQP", "127.0.0.1:5672").partition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            pass
+    except OSError as exc:
+        pytest.fail(f"no RabbitMQ at {host}:{port} ({exc}): {AMQP_HINT}")
+    return host, int(port)
+
+
+@dataclass
+class RabbitNode:
+    """A private RabbitMQ node in a temporary directory, which a test may stop and restart."""
+
+    base: Path
+    port: int
+    name: str
+    process: subprocess.Popen[bytes] | None = None
+
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.base / "log"),
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
+            "RABBITMQ_FEATURE_FLAGS_FILE": str(self.base / "feature_flags"),
+            "RABBITMQ_PID_FILE": str(self.base / "node.pid"),
+        }
+
+    def start(self, timeout_secs: float = 60.0) -> None:
+        self.process = subprocess.Popen(
+            ["rabbitmq-server"],
+            env=self._env(),
+            cwd=self.base,
+            stdout=(self.base / "server.log").open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_secs
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"rabbitmq exited:\n{(self.base / 'server.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"private rabbitmq not listening within {timeout_secs}s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        subprocess.run(
+            ["rabbitmqctl", "-n", self.name, "stop"],
+            env=self._env(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+
+@pytest.fixture
+def private_rabbitmq() -> Iterator[RabbitNode]:
+    """A RabbitMQ node of the test's own (about 5 s to start), for broker restarts."""
+    import pwd
+    import shutil
+    import tempfile
+
+    if shutil.which("rabbitmq-server") is None:
+        pytest.fail(f"rabbitmq-server is not installed: {AMQP_HINT}")
+    # Outside pytest's private tmp tree: the start script drops to the rabbitmq user as root.
+    base = Path(tempfile.mkdtemp(prefix="fleetstream-rabbit-"))
+    (base / "mnesia").mkdir()
+    (base / "log").mkdir()
+    port = free_port()
+    (base / "rabbitmq.conf").write_text(f"listeners.tcp.default = {port}\nloopback_users = none\n")
+    (base / "enabled_plugins").write_text("[].\n")
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("rabbitmq")
+        for path in (base, *base.rglob("*")):
+            os.chown(path, user.pw_uid, user.pw_gid)
+    node = RabbitNode(base, port, f"fleetstream-test-{port}@localhost")
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+        shutil.rmtree(base, ignore_errors=True)

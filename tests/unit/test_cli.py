@@ -175,7 +175,7 @@ def test_decode_unknown_decoder_fails(capsys: pytest.CaptureFixture[str]) -> Non
         2,
         "",
         "fleetstream: unknown decoder 'nope'; known decoders: carstatsviewer,"
-        " connectedcars-json, mobito\n",
+        " connectedcars-json, invers, mobito\n",
     )
     assert expected == (code, out, err)
 
@@ -303,7 +303,7 @@ def test_validate_unknown_decoder(capsys: pytest.CaptureFixture[str], tmp_path: 
         "",
         f"fleetstream: {bad}: invalid configuration (1 problem(s))\n"
         "  sources[0].decoder: unknown decoder 'kafka-avro'; known: carstatsviewer,"
-        " connectedcars-json, mobito\n",
+        " connectedcars-json, invers, mobito\n",
     )
     assert expected == (code, out, err)
 

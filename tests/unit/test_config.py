@@ -206,7 +206,7 @@ def test_unknown_source_type_names_type_path() -> None:
     message = config_error(text)
     expected = (
         "test.yaml: invalid configuration (1 problem(s))\n"
-        "  sources[0].type: unknown type 'mqtt'; expected one of 'http', 'kafka'"
+        "  sources[0].type: unknown type 'mqtt'; expected one of 'http', 'kafka', 'amqp'"
     )
     assert expected == message
 

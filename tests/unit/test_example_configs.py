@@ -15,8 +15,8 @@ REQUIRED_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def test_configs_exist() -> None:
-    """The project ships the embedded default and the Kafka example."""
-    assert {"example.yaml", "mobito-kafka.yaml"} <= {p.name for p in CONFIGS}
+    """The project ships the embedded default and the Kafka and AMQP examples."""
+    assert {"example.yaml", "mobito-kafka.yaml", "invers-amqp.yaml"} <= {p.name for p in CONFIGS}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

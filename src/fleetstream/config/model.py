@@ -205,7 +205,77 @@ class KafkaSourceConfig(_Model):
         return self
 
 
-SourceConfig = Annotated[HttpSourceConfig | KafkaSourceConfig, Field(discriminator="type")]
+class AmqpTlsConfig(_Model):
+    enabled: bool = False
+    """Connect with TLS (`amqps`). INVERS OneAPI requires it."""
+    ca_file: Path | None = None
+    """PEM CA bundle that signs the broker certificate (default: the system store)."""
+    cert_file: Path | None = None
+    """PEM client certificate, for brokers that require mutual TLS."""
+    key_file: Path | None = None
+    """PEM private key of the client certificate."""
+    verify_hostname: bool = True
+    """Check that the broker certificate names the host connected to."""
+
+
+class AmqpSourceConfig(_Model):
+    """An AMQP 0-9-1 consumer of one or more queues, acknowledging only settled messages."""
+
+    type: Literal["amqp"]
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Source name used in logs, metrics and stored events."""
+    decoder: str
+    """Decoder for the message bodies, e.g. `invers`."""
+    host: str = "localhost"
+    """Broker host name."""
+    port: int | None = Field(None, ge=1, le=65535)
+    """Broker port; default 5672, or 5671 with TLS."""
+    vhost: str = "/"
+    """Virtual host (INVERS uses one per customer)."""
+    username: str = "guest"
+    """User name."""
+    password: SecretStr = SecretStr("guest")
+    """Password; use `${ENV_VAR}` or `${file:...}`."""
+    tls: AmqpTlsConfig = AmqpTlsConfig()
+    """TLS settings."""
+    queues: list[str] = Field(min_length=1)
+    """Queues to consume (INVERS creates one per subscribed topic)."""
+    declare_queues: bool = False
+    """Declare the queues as durable if they are missing. Off for INVERS, whose queues exist;
+    a missing queue is then an error reported by readiness and retried."""
+    prefetch: int = Field(100, gt=0)
+    """Unacknowledged messages the broker may send per queue; bounds in-flight work."""
+    types: list[str] | None = None
+    """Only these AMQP `type` properties are processed; other messages are acknowledged and
+    counted as filtered, without parsing their bodies. Unset: every message is processed."""
+    consumer_tag_prefix: str = "fleetstream"
+    """Consumer tags are `<prefix>-<source>-<queue>`, visible in the broker's management UI."""
+    connect_timeout_secs: float = Field(10.0, gt=0)
+    """Timeout of one connection attempt."""
+    heartbeat_secs: int = Field(30, ge=0)
+    """AMQP heartbeat interval asked of the broker (0 disables; not recommended)."""
+    reconnect_initial_secs: float = Field(1.0, gt=0)
+    """Wait before the first reconnection attempt; doubles up to `reconnect_max_secs`."""
+    reconnect_max_secs: float = Field(30.0, gt=0)
+    """Longest wait between reconnection attempts."""
+    idle_alarm_secs: float = Field(6 * 3600.0, gt=0)
+    """A queue that has had no consumer, or no message, for this long makes the daemon not
+    ready and logs a warning. INVERS deletes a queue nobody consumed for three days."""
+
+    @field_validator("decoder")
+    @classmethod
+    def _known_decoder(cls, name: str) -> str:
+        return _check_decoder(name)
+
+    @property
+    def max_in_flight_messages(self) -> int:
+        """The broker's prefetch bounds what is in flight: one prefetch window per queue."""
+        return self.prefetch * len(self.queues)
+
+
+SourceConfig = Annotated[
+    HttpSourceConfig | KafkaSourceConfig | AmqpSourceConfig, Field(discriminator="type")
+]
 
 
 class SqliteSinkConfig(_Model):

@@ -14,6 +14,7 @@ from fleetstream.telemetry.metrics import Telemetry
 
 SOURCES: Final[dict[str, str]] = {
     "kafka": "fleetstream.consumers.kafka:KafkaSource",
+    "amqp": "fleetstream.consumers.amqp:AmqpSource",
 }
 
 

@@ -10,6 +10,7 @@ from fleetstream.normalize.base import Decoder
 DECODERS: Final[dict[str, str]] = {
     "connectedcars-json": "fleetstream.normalize.connectedcars_json:decode",
     "carstatsviewer": "fleetstream.normalize.carstatsviewer:decode",
+    "invers": "fleetstream.normalize.invers:decode",
     "mobito": "fleetstream.normalize.mobito:decode",
 }
 
