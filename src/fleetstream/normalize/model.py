@@ -60,7 +60,8 @@ class VehicleEvent:
 
     `signals` maps a VSS path to its value in the VSS unit (see `normalize.vss`).
     `signal_times` holds a per-signal observation time for the signals the vendor times one by
-    one (INVERS); signals without an entry were observed at `occurred_at`. `attributes` keeps every vendor field without a VSS path, as it came.
+    one (INVERS); signals without an entry were observed at `occurred_at`. `attributes` keeps
+    every vendor field without a VSS path, as it came.
 
     For `kind == "entity"` the event is one version of an entity (a charging session): events with
     the same `event_id` replace each other, and `version` tells versions apart for dedupe.
