@@ -91,7 +91,8 @@ class Daemon:
     def db_path(self) -> Path:
         return self.data_dir / "fleetstream.db"
 
-    def start(self, timeout_secs: float = 15.0) -> None:
+    def start(self, timeout_secs: float = 15.0, until: str = "/readyz") -> None:
+        """Start the process and wait until `until` answers 200."""
         env = {**os.environ, "CSV_PASSWORD": CSV_PASSWORD, **self.env}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fleetstream", "run", "--config", str(self.config_path)],
@@ -105,7 +106,7 @@ class Daemon:
                 raise RuntimeError(f"daemon exited at start:\n{self.log_path.read_text()}")
             try:
                 with urllib.request.urlopen(
-                    f"{self.url}/readyz", timeout=1, context=self.ssl_context
+                    f"{self.url}{until}", timeout=1, context=self.ssl_context
                 ) as response:
                     if response.status == 200:
                         return

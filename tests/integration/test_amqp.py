@@ -264,21 +264,23 @@ async def test_poison_message_quarantined_rest_flows(
 async def test_type_filter_acks_other_types_unparsed(
     make_daemon: Callable[..., Daemon], rabbitmq: tuple[str, int]
 ) -> None:
-    """With `types` set, messages of other AMQP types are acknowledged and counted, not stored."""
+    """With `types` set, messages of other AMQP types are acknowledged and counted, not stored;
+    a message without a type property is decoded (its body says what it is)."""
     host, port = rabbitmq
     queue = f"invers-{uuid.uuid4().hex[:8]}"
     await publish(host, port, queue, range(0, 5), type="TripStarted")
     await publish(host, port, queue, range(5, 10))
+    await publish_raw(host, port, queue, [invers_event(10)])  # no AMQP type: decoded anyway
 
     daemon = make_daemon(amqp_only(host, port, queue, types=["VehicleStateRecorded"]))
-    await wait_for(lambda: len(stored_ids(daemon)) >= 5, 60, "the five wanted events")
+    await wait_for(lambda: len(stored_ids(daemon)) >= 6, 60, "the six wanted events")
     await wait_for(
         lambda: metric(daemon, 'fleetstream_amqp_settled_total{outcome="filtered"') == 5.0,
         30,
         "five filtered",
     )
 
-    assert expected_ids(range(5, 10)) == sorted(stored_ids(daemon))
+    assert expected_ids(range(5, 11)) == sorted(stored_ids(daemon))
     assert (0, 1) == await queue_depth(host, port, queue)
     await delete_queue(host, port, queue)
 
@@ -326,3 +328,49 @@ async def test_silent_queue_makes_daemon_not_ready(
 
     assert [f"invers/{queue}"] == list(body["problems"])
     await delete_queue(host, port, queue)
+
+
+async def test_missing_queue_does_not_stop_the_others(
+    make_daemon: Callable[..., Daemon], rabbitmq: tuple[str, int]
+) -> None:
+    """With one of two queues missing, the other is consumed; readiness names the missing one;
+    once it exists it is consumed too."""
+    host, port = rabbitmq
+    present, missing = f"invers-{uuid.uuid4().hex[:8]}", f"invers-{uuid.uuid4().hex[:8]}"
+    await publish(host, port, present, range(0, 5))
+
+    daemon = make_daemon(amqp_only(host, port, present, queues=[present, missing]), start=False)
+    daemon.start(until="/healthz")
+    await wait_for(lambda: len(stored_ids(daemon)) >= 5, 60, "the present queue's events")
+    status, body = readiness(daemon)
+    await publish(host, port, missing, range(5, 8))
+    await wait_for(lambda: len(stored_ids(daemon)) >= 8, 60, "the late queue's events")
+
+    assert (503, [f"invers/{missing}"]) == (status, list(body["problems"]))
+    assert expected_ids(range(8)) == sorted(stored_ids(daemon))
+    for queue in (present, missing):
+        await delete_queue(host, port, queue)
+
+
+async def test_sigterm_while_connecting_exits_cleanly(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """SIGTERM while the connection attempt hangs (a listener that never answers) stops the
+    daemon with exit code 0, within the connect timeout."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        daemon = make_daemon(amqp_only("127.0.0.1", port, "q", connect_timeout_secs=3), start=False)
+        silent.settimeout(20)
+        daemon.start(until="/healthz")
+        attempt, _ = await asyncio.to_thread(silent.accept)  # the connect is now in progress
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(daemon.wait, 30)
+        attempt.close()
+
+    assert 0 == code
+    assert time.monotonic() - started < 15

@@ -258,6 +258,9 @@ class AmqpSourceConfig(_Model):
     """Wait before the first reconnection attempt; doubles up to `reconnect_max_secs`."""
     reconnect_max_secs: float = Field(30.0, gt=0)
     """Longest wait between reconnection attempts."""
+    requeue_delay_secs: float = Field(1.0, ge=0)
+    """Wait before handing a message the sinks could not commit back to the broker, so an
+    outage does not turn into a tight redelivery loop."""
     idle_alarm_secs: float = Field(6 * 3600.0, gt=0)
     """A queue that has had no consumer, or no message, for this long makes the daemon not
     ready and logs a warning. INVERS deletes a queue nobody consumed for three days."""
