@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -116,11 +116,14 @@ class App:
             failed_batches=counts.failed_batches,
         )
 
-    async def run_until_signalled(self) -> None:
+    async def run_until_signalled(self, on_reload: Callable[[], None] | None = None) -> None:
+        """Run until SIGTERM or SIGINT, then shut down in order. SIGHUP calls `on_reload`
+        (the CLI re-reads the log settings) and never stops the daemon."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, on_reload or (lambda: None))
         try:
             await self.start()
             await stop.wait()

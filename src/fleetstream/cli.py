@@ -81,6 +81,8 @@ def _validate(path: Path) -> int:
 
 
 def _run(path: Path) -> int:
+    import structlog
+
     from fleetstream.app import App
     from fleetstream.config.loader import load_config
     from fleetstream.telemetry.logging import configure_logging
@@ -90,8 +92,25 @@ def _run(path: Path) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     configure_logging(config.log.level, config.log.format)
+
+    def reload_logging() -> None:
+        """SIGHUP: apply the file's `log` settings; everything else needs a restart."""
+        log = structlog.get_logger("fleetstream")
+        try:
+            fresh = load_config(path)
+        except ConfigError as exc:
+            log.warning("config_reload_failed", error=str(exc))
+            return
+        configure_logging(fresh.log.level, fresh.log.format)
+        log.warning(
+            "config_reloaded",
+            applied="log",
+            level=fresh.log.level,
+            note="other settings take effect after a restart",
+        )
+
     try:
-        asyncio.run(App(config).run_until_signalled())
+        asyncio.run(App(config).run_until_signalled(reload_logging))
     except FatalError as exc:
         return _fail(str(exc))
     return 0

@@ -358,3 +358,40 @@ async def test_full_history_upload_is_stored(make_daemon: Callable[..., Daemon])
     assert len(body) > 256 * 1024
     assert (200, 6000, 200, 6000) == (status, answer["written"], again, repeat["duplicates"])
     assert [(6000,)] == daemon.query("SELECT count(*) FROM events WHERE type = 'driving_point'")
+
+
+async def test_sighup_reloads_log_level_and_keeps_running(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """SIGHUP re-reads the log settings: the daemon keeps serving and starts writing debug lines
+    after the file switched to `debug`; SIGTERM still stops it with 0."""
+    import yaml
+
+    daemon = make_daemon()
+    auth = basic(CC_USER, CC_PASSWORD)
+    await post(daemon, CC_URL, cc_bulk_of_all_fixtures(), auth)
+    debug_before = [line for line in daemon.log_events() if '"level": "debug"' in line]
+
+    config = yaml.safe_load(daemon.config_path.read_text())
+    config["log"]["level"] = "debug"
+    daemon.config_path.write_text(yaml.safe_dump(config))
+    daemon.signal(signal.SIGHUP)
+    await wait_for_log(daemon, "config_reloaded")
+    status, _, _ = await post(daemon, CC_URL, b"[]", auth)
+    debug_after = [line for line in daemon.log_events() if '"level": "debug"' in line]
+    daemon.signal(signal.SIGTERM)
+
+    assert ([], 200, 0) == (debug_before, status, daemon.wait())
+    assert any('"message_received"' in line for line in debug_after)
+
+
+async def wait_for_log(daemon: Daemon, event: str, timeout_secs: float = 10) -> None:
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout_secs
+    while time.monotonic() < deadline:
+        if any(f'"{event}"' in line for line in daemon.log_events()):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {event} log line within {timeout_secs}s")
