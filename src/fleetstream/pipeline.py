@@ -34,6 +34,9 @@ from fleetstream.telemetry.metrics import Telemetry
 
 log = structlog.get_logger("fleetstream.pipeline")
 
+SINK_FAILURE_READY_SECS = 30.0
+"""How long a failed batch keeps the daemon not ready when no later batch commits."""
+
 DECODE_IN_THREAD_BYTES = 256 * 1024
 """Payloads larger than this are decoded on a worker thread so the event loop keeps serving."""
 
@@ -182,8 +185,15 @@ class Pipeline:
         self._batch_full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.closing = False
-        self.sinks_healthy = True
+        self._sinks_failed_at: float | None = None
         self.counts = _Counts()
+
+    @property
+    def sinks_healthy(self) -> bool:
+        """False from a failed batch until one commits, or until `SINK_FAILURE_READY_SECS`
+        passed: a pod taken out of its Service for it gets traffic again to find out."""
+        failed_at = self._sinks_failed_at
+        return failed_at is None or time.monotonic() - failed_at > SINK_FAILURE_READY_SECS
 
     def source(self, name: str, decoder_name: str, decoder: Decoder, limit: int) -> SourceHandle:
         self.telemetry.register_source(name)
@@ -324,9 +334,9 @@ class Pipeline:
                     self.telemetry.sink_write_failed(sink.name, attempt, result)
                     failed.append(sink)
             if not failed:
-                self.sinks_healthy = True
+                self._sinks_failed_at = None
                 return None
-            self.sinks_healthy = False
+            self._sinks_failed_at = time.monotonic()
             pending_sinks = failed
             if attempt < retry.attempts:
                 await asyncio.sleep(delay)

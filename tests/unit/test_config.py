@@ -213,11 +213,11 @@ def test_unknown_source_type_names_type_path() -> None:
 
 def test_unknown_sink_type_names_type_path() -> None:
     """An unknown sink type is reported at `sinks[N].type` with the known types."""
-    text = config_text().replace("  - type: memory", "  - type: postgres")
+    text = config_text().replace("  - type: memory", "  - type: mongodb")
     message = config_error(text)
     expected = (
         "test.yaml: invalid configuration (1 problem(s))\n"
-        "  sinks[0].type: unknown type 'postgres'; expected one of 'sqlite', 'memory'"
+        "  sinks[0].type: unknown type 'mongodb'; expected one of 'sqlite', 'memory', 'postgres'"
     )
     assert expected == message
 

@@ -297,3 +297,19 @@ async def test_drain_timeout_fails_unsettled_work() -> None:
     assert False is drained
     with pytest.raises((PipelineClosed, asyncio.CancelledError)):
         await future
+
+
+async def test_sink_failure_readiness_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a failed batch the sinks count as unhealthy until SINK_FAILURE_READY_SECS passed
+    without a newer failure, so a pod without traffic becomes ready again by itself."""
+    import fleetstream.pipeline as pipeline_module
+
+    sink = MemorySink(MemorySinkConfig(type="memory"))
+    sink.failing = True
+    pipeline = make_pipeline([sink])
+    with pytest.raises(RetryableSinkError):
+        await submit(pipeline, [1])
+    right_after = pipeline.sinks_healthy
+    monkeypatch.setattr(pipeline_module, "SINK_FAILURE_READY_SECS", -1.0)
+
+    assert (False, True) == (right_after, pipeline.sinks_healthy)

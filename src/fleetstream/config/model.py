@@ -300,7 +300,31 @@ class MemorySinkConfig(_Model):
     """Sink name used in logs and metrics."""
 
 
-SinkConfig = Annotated[SqliteSinkConfig | MemorySinkConfig, Field(discriminator="type")]
+class PostgresSinkConfig(_Model):
+    """PostgreSQL (or TimescaleDB), shared by replicas. Tables as in the SQLite sink, created
+    and migrated by fleetstream; each batch is one COPY into staging tables and one merge."""
+
+    type: Literal["postgres"]
+    name: str = Field("postgres", min_length=1)
+    """Sink name used in logs and metrics."""
+    dsn: SecretStr
+    """Connection string, `postgresql://user:password@host:5432/database`."""
+    db_schema: str = Field("fleetstream", pattern=r"^[a-z_][a-z0-9_]*$")
+    """Schema holding fleetstream's tables; created if missing."""
+    pool_max_size: int = Field(4, ge=1)
+    """Connections kept open at most."""
+    command_timeout_secs: float = Field(30.0, gt=0)
+    """A batch that takes longer fails (and is retried, then refused or redelivered)."""
+    signals_table: bool = False
+    """Also write one narrow row per signal (vehicle, VSS path, time, value) to `signals`."""
+    timescaledb: bool = True
+    """Make `events` (and `signals`) hypertables when the TimescaleDB extension is installed;
+    without the extension plain tables are used either way."""
+
+
+SinkConfig = Annotated[
+    SqliteSinkConfig | MemorySinkConfig | PostgresSinkConfig, Field(discriminator="type")
+]
 
 
 class MemoryDedupeConfig(_Model):
@@ -325,8 +349,37 @@ class NoDedupeConfig(_Model):
     type: Literal["none"]
 
 
+class RedisDedupeConfig(_Model):
+    """Seen ids in Redis, shared by replicas: one read and one write round trip per batch."""
+
+    type: Literal["redis"]
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    """Redis URL, `redis://[:password@]host:6379/db` (`rediss://` for TLS)."""
+    key_prefix: str = "fleetstream:seen:"
+    """Prefix of the keys holding seen ids."""
+    window_secs: float = Field(7 * 86400.0, gt=0)
+    """An id is remembered this long (the keys' TTL)."""
+
+
+class PostgresDedupeConfig(_Model):
+    """Seen ids in PostgreSQL, shared by replicas."""
+
+    type: Literal["postgres"]
+    dsn: SecretStr
+    """Connection string, `postgresql://user:password@host:5432/database`."""
+    db_schema: str = Field("fleetstream", pattern=r"^[a-z_][a-z0-9_]*$")
+    """Schema holding the `seen` table; created if missing."""
+    window_secs: float = Field(7 * 86400.0, gt=0)
+    """An id is remembered this long after it was written; older ids are pruned."""
+
+
 DedupeConfig = Annotated[
-    MemoryDedupeConfig | SqliteDedupeConfig | NoDedupeConfig, Field(discriminator="type")
+    MemoryDedupeConfig
+    | SqliteDedupeConfig
+    | NoDedupeConfig
+    | RedisDedupeConfig
+    | PostgresDedupeConfig,
+    Field(discriminator="type"),
 ]
 
 
@@ -362,7 +415,8 @@ class FleetstreamConfig(_Model):
     pipeline: PipelineConfig = PipelineConfig()
     """Batching, backpressure, retries and shutdown."""
     dedupe: DedupeConfig = SqliteDedupeConfig(type="sqlite")
-    """Where seen event ids are kept: `sqlite` (default, persistent), `memory` or `none`."""
+    """Where seen event ids are kept: `sqlite` (default, persistent, one node), `memory`,
+    `redis` or `postgres` (shared by replicas), or `none`."""
     sinks: list[SinkConfig] = Field(min_length=1)
     """Stores every event is written to; an event is settled only when all of them committed."""
     sources: list[SourceConfig] = Field(min_length=1)

@@ -26,6 +26,7 @@ import contextlib
 import functools
 import ssl
 import time
+import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -34,7 +35,7 @@ from typing import Any
 import aio_pika
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fleetstream.config.model import AmqpSourceConfig
 from fleetstream.errors import PipelineClosed
@@ -76,14 +77,15 @@ class _AmqpMetrics:
         )
 
 
-_METRICS: dict[int, _AmqpMetrics] = {}
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _AmqpMetrics] = weakref.WeakKeyDictionary()
 
 
 def _metrics(telemetry: Telemetry) -> _AmqpMetrics:
-    key = id(telemetry.registry)
-    if key not in _METRICS:
-        _METRICS[key] = _AmqpMetrics(telemetry)
-    return _METRICS[key]
+    """One set of these metrics per registry, shared by every source of the kind."""
+    registry = telemetry.registry
+    if registry not in _METRICS:
+        _METRICS[registry] = _AmqpMetrics(telemetry)
+    return _METRICS[registry]
 
 
 @dataclass(eq=False)

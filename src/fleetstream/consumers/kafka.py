@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +40,7 @@ from confluent_kafka import (
     Message,
     TopicPartition,
 )
-from prometheus_client import Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fleetstream.config.model import KafkaSourceConfig
 from fleetstream.errors import PipelineClosed
@@ -228,15 +229,15 @@ class _KafkaMetrics:
         )
 
 
-_METRICS: dict[int, _KafkaMetrics] = {}
+_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, _KafkaMetrics] = weakref.WeakKeyDictionary()
 
 
 def _metrics(telemetry: Telemetry) -> _KafkaMetrics:
-    """One set of Kafka metrics per registry, shared by every Kafka source of a daemon."""
-    key = id(telemetry.registry)
-    if key not in _METRICS:
-        _METRICS[key] = _KafkaMetrics(telemetry)
-    return _METRICS[key]
+    """One set of these metrics per registry, shared by every source of the kind."""
+    registry = telemetry.registry
+    if registry not in _METRICS:
+        _METRICS[registry] = _KafkaMetrics(telemetry)
+    return _METRICS[registry]
 
 
 class KafkaSource:

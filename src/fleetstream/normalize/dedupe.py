@@ -21,6 +21,8 @@ from fleetstream.config.model import (
     DedupeConfig,
     MemoryDedupeConfig,
     NoDedupeConfig,
+    PostgresDedupeConfig,
+    RedisDedupeConfig,
     SqliteDedupeConfig,
 )
 
@@ -175,5 +177,14 @@ def build_dedupe(config: DedupeConfig) -> DedupeStore:
         return MemoryDedupe(config)
     if isinstance(config, SqliteDedupeConfig):
         return SqliteDedupe(config)
+    # The shared stores import their client library only when configured.
+    if isinstance(config, RedisDedupeConfig):
+        from fleetstream.normalize.dedupe_redis import RedisDedupe
+
+        return RedisDedupe(config)
+    if isinstance(config, PostgresDedupeConfig):
+        from fleetstream.normalize.dedupe_postgres import PostgresDedupe
+
+        return PostgresDedupe(config)
     assert isinstance(config, NoDedupeConfig)
     return NoDedupe()
