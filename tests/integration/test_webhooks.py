@@ -395,3 +395,48 @@ async def wait_for_log(daemon: Daemon, event: str, timeout_secs: float = 10) -> 
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"no {event} log line within {timeout_secs}s")
+
+
+async def test_daemon_with_postgres_sink_and_redis_dedupe(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """The daemon runs on the shared-store setup: a bulk lands in PostgreSQL once, and the
+    repeat is dropped by the Redis dedupe store (and would be by the table's key)."""
+    import os
+    import uuid
+
+    import asyncpg  # type: ignore[import-untyped,unused-ignore]
+
+    dsn = os.environ.get(
+        "FLEETSTREAM_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+    )
+    redis_url = os.environ.get("FLEETSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    schema = f"fs_e2e_{uuid.uuid4().hex[:8]}"
+
+    def shared_stores(config: dict[str, Any]) -> None:
+        config["sinks"] = [{"type": "postgres", "name": "shared", "dsn": dsn, "db_schema": schema}]
+        config["dedupe"] = {"type": "redis", "url": redis_url, "key_prefix": f"{schema}:"}
+
+    daemon = make_daemon(shared_stores)
+    body = cc_bulk_of_all_fixtures()
+    count = len(orjson.loads(body))
+    auth = basic(CC_USER, CC_PASSWORD)
+    first, written, _ = await post(daemon, CC_URL, body, auth)
+    again, repeat, _ = await post(daemon, CC_URL, body, auth)
+    daemon.signal(signal.SIGTERM)
+    code = daemon.wait()
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        stored = await connection.fetchval(f"SELECT count(*) FROM {schema}.events")
+    finally:
+        await connection.execute(f"DROP SCHEMA {schema} CASCADE")
+        await connection.close()
+    assert (200, count, 200, count, 0) == (
+        first,
+        written["written"],
+        again,
+        repeat["duplicates"],
+        code,
+    )
+    assert count == stored

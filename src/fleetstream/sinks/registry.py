@@ -11,6 +11,7 @@ from fleetstream.sinks.base import Sink
 SINKS: Final[dict[str, str]] = {
     "sqlite": "fleetstream.sinks.sqlite:SqliteSink",
     "memory": "fleetstream.sinks.memory:MemorySink",
+    "postgres": "fleetstream.sinks.postgres:PostgresSink",
 }
 
 
