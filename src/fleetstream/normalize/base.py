@@ -94,3 +94,16 @@ def scale(value: int | float, factor: str) -> float:
     0.36000000000000004). `factor` is a decimal string such as "3.6" or "0.001". Negative zero
     comes back as 0.0."""
     return float(Decimal(repr(value)) * Decimal(factor)) + 0.0
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"

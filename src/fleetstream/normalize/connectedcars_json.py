@@ -36,7 +36,15 @@ from typing import Any, Final
 
 from fleetstream.errors import DecodeError
 from fleetstream.normalize import vss
-from fleetstream.normalize.base import Decoded, Rejected, dumps, loads_lenient, parse_rfc3339, scale
+from fleetstream.normalize.base import (
+    Decoded,
+    Rejected,
+    dumps,
+    json_type,
+    loads_lenient,
+    parse_rfc3339,
+    scale,
+)
 from fleetstream.normalize.model import JsonValue, RawMessage, VehicleEvent, VehicleRef, rfc3339
 
 VENDOR: Final = "connectedcars"
@@ -250,20 +258,6 @@ _SPECS: Final[dict[str, _Spec]] = {
 }
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
 def _integer_text(value: Any) -> str | None:
     """The decimal form of an integer id sent as a JSON number or a string of digits."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -375,7 +369,7 @@ def decode(raw: RawMessage) -> Decoded:
         elements = body
     else:
         raise DecodeError(
-            "not_an_array", f"body must be a JSON array of events, got a {_json_type(body)}"
+            "not_an_array", f"body must be a JSON array of events, got a {json_type(body)}"
         )
     default_org = raw.metadata.get("organization")
     if not isinstance(default_org, str) or not default_org:
@@ -385,7 +379,7 @@ def decode(raw: RawMessage) -> Decoded:
         if not isinstance(element, dict):
             error = DecodeError(
                 "not_an_object",
-                f"element {index}: must be a JSON object, got a {_json_type(element)}",
+                f"element {index}: must be a JSON object, got a {json_type(element)}",
             )
             out.rejected.append(Rejected(error, dumps(element)))
             continue

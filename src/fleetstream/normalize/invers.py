@@ -90,7 +90,7 @@ from typing import Any, Final, Literal
 
 from fleetstream.errors import DecodeError
 from fleetstream.normalize import vss
-from fleetstream.normalize.base import Decoded, loads_lenient, parse_rfc3339, scale
+from fleetstream.normalize.base import Decoded, json_type, loads_lenient, parse_rfc3339, scale
 from fleetstream.normalize.model import EventKind, JsonValue, RawMessage, VehicleEvent, VehicleRef
 
 VENDOR: Final = "invers"
@@ -395,29 +395,17 @@ def _header(transport: Mapping[str, Any], name: str) -> Any:
     return value
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
 def decode(raw: RawMessage) -> Decoded:
     """Decode one INVERS OneAPI event; see the module docstring for the mapping."""
     body = loads_lenient(raw.payload)
     if not isinstance(body, dict):
-        raise DecodeError("not_an_object", f"body must be a JSON object, got a {_json_type(body)}")
+        raise DecodeError("not_an_object", f"body must be a JSON object, got a {json_type(body)}")
     metadata = body.get("metadata")
     if metadata is None:
         metadata = {}
     elif not isinstance(metadata, dict):
         raise DecodeError(
-            "invalid_field", f"metadata must be a JSON object, got a {_json_type(metadata)}"
+            "invalid_field", f"metadata must be a JSON object, got a {json_type(metadata)}"
         )
     transport = raw.metadata
     event_id = _required(metadata, transport, "id", "message_id")

@@ -91,7 +91,7 @@ from typing import Any, Final
 
 from fleetstream.errors import DecodeError
 from fleetstream.normalize import vss
-from fleetstream.normalize.base import Decoded, loads_lenient, parse_rfc3339, scale
+from fleetstream.normalize.base import Decoded, json_type, loads_lenient, parse_rfc3339, scale
 from fleetstream.normalize.model import JsonValue, RawMessage, VehicleEvent, VehicleRef, rfc3339
 
 VENDOR: Final = "mobito"
@@ -262,18 +262,6 @@ def _identity(body: Mapping[str, Any]) -> tuple[str, str]:
     return vin, uuid
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "array" if isinstance(value, list) else "object"
-
-
 class _Mapper:
     """Collects the signals and attributes of one message."""
 
@@ -356,7 +344,7 @@ def decode(raw: RawMessage) -> Decoded:
     """Decode one MOBITO Kafka record value; see the module docstring for the mapping."""
     body = loads_lenient(raw.payload)
     if not isinstance(body, dict):
-        raise DecodeError("not_an_object", f"body must be a JSON object, got a {_json_type(body)}")
+        raise DecodeError("not_an_object", f"body must be a JSON object, got a {json_type(body)}")
     vin, uuid = _identity(body)
     mapper = _Mapper(body)
     fleet_id = mapper.fleet_id(body.get("fleet_id"))
