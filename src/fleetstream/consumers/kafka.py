@@ -50,6 +50,7 @@ from fleetstream.telemetry.metrics import Telemetry
 log = structlog.get_logger("fleetstream.kafka")
 
 _T = TypeVar("_T")
+_PAUSED_POLL_SECS = 0.02
 Partition = tuple[str, int]
 
 
@@ -327,7 +328,9 @@ class KafkaSource:
                 count = 1 if want_pause else max(1, min(room, config.poll_batch_max))
                 consumer = self._consumer
                 assert consumer is not None
-                records = await self._call(consumer.consume, count, config.poll_timeout_secs)
+                # While paused, poll briefly: room in the pipeline is noticed within tens of ms.
+                timeout = _PAUSED_POLL_SECS if want_pause else config.poll_timeout_secs
+                records = await self._call(consumer.consume, count, timeout)
                 for record in records:
                     error = record.error()
                     if error is None:
@@ -398,7 +401,7 @@ class KafkaSource:
             (consumer.pause if paused else consumer.resume)(partitions)
         self._paused = paused
         self._metrics.paused.labels(self.name).set(int(paused))
-        log.info(
+        log.debug(
             "kafka_paused" if paused else "kafka_resumed",
             source=self.name,
             partitions=len(partitions),
