@@ -217,7 +217,8 @@ def test_unknown_sink_type_names_type_path() -> None:
     message = config_error(text)
     expected = (
         "test.yaml: invalid configuration (1 problem(s))\n"
-        "  sinks[0].type: unknown type 'mongodb'; expected one of 'sqlite', 'memory', 'postgres'"
+        "  sinks[0].type: unknown type 'mongodb'; expected one of 'sqlite', 'memory', 'postgres',"
+        " 'jsonl', 'kafka'"
     )
     assert expected == message
 

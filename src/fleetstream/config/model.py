@@ -132,6 +132,30 @@ KAFKA_MANAGED_PROPERTIES = frozenset(
 because the delivery guarantee depends on them (offsets are stored and committed explicitly)."""
 
 
+def _check_kafka_client(
+    config: KafkaSourceConfig | KafkaSinkConfig, managed_properties: frozenset[str]
+) -> None:
+    """Security settings of a Kafka client agree with each other, and `extra_properties` stays
+    off what fleetstream manages."""
+    if config.security_protocol.startswith("SASL_"):
+        missing = [
+            key
+            for key in ("sasl_mechanism", "sasl_username", "sasl_password")
+            if getattr(config, key) is None
+        ]
+        if missing:
+            raise ValueError(
+                f"security_protocol {config.security_protocol} needs {', '.join(missing)}"
+            )
+    elif config.sasl_mechanism or config.sasl_username or config.sasl_password:
+        raise ValueError("sasl_* settings need security_protocol SASL_PLAINTEXT or SASL_SSL")
+    managed = sorted(managed_properties & set(config.extra_properties))
+    if managed:
+        raise ValueError(
+            f"extra_properties may not set {', '.join(managed)}: fleetstream manages them"
+        )
+
+
 class KafkaSourceConfig(_Model):
     """A Kafka consumer in a consumer group, committing offsets only past settled messages."""
 
@@ -185,23 +209,7 @@ class KafkaSourceConfig(_Model):
 
     @model_validator(mode="after")
     def _consistent_security(self) -> KafkaSourceConfig:
-        if self.security_protocol.startswith("SASL_"):
-            missing = [
-                key
-                for key in ("sasl_mechanism", "sasl_username", "sasl_password")
-                if getattr(self, key) is None
-            ]
-            if missing:
-                raise ValueError(
-                    f"security_protocol {self.security_protocol} needs {', '.join(missing)}"
-                )
-        elif self.sasl_mechanism or self.sasl_username or self.sasl_password:
-            raise ValueError("sasl_* settings need security_protocol SASL_PLAINTEXT or SASL_SSL")
-        managed = sorted(KAFKA_MANAGED_PROPERTIES & set(self.extra_properties))
-        if managed:
-            raise ValueError(
-                f"extra_properties may not set {', '.join(managed)}: fleetstream manages them"
-            )
+        _check_kafka_client(self, KAFKA_MANAGED_PROPERTIES)
         return self
 
 
@@ -322,8 +330,92 @@ class PostgresSinkConfig(_Model):
     without the extension plain tables are used either way."""
 
 
+class JsonlSinkConfig(_Model):
+    """Appends events as JSON lines to size-rotated files, fsynced before a batch is settled.
+    A log, not a table: a redelivered batch is appended again, so readers dedupe by `event_id`
+    (and `version` for entity events)."""
+
+    type: Literal["jsonl"]
+    name: str = Field("jsonl", min_length=1)
+    """Sink name used in logs and metrics."""
+    directory: Path
+    """Directory of the files; created if missing. Files are named
+    `<file_prefix>-<UTC time YYYYmmddTHHMMSSffffff>.jsonl`."""
+    file_prefix: str = Field("events", pattern=r"^[A-Za-z0-9_.-]+$")
+    """First part of the file names."""
+    max_file_bytes: int = Field(256 * 1024 * 1024, gt=0)
+    """A new file is started when a batch would take the current one past this size. A batch is
+    never split across files, so a single batch larger than this gets a file of its own."""
+    include_quarantine: bool = False
+    """Also append quarantine records (raw bytes as base64) to `<file_prefix>-quarantine.jsonl`,
+    which is not rotated. Off: this sink ignores them."""
+
+
+KAFKA_PRODUCER_MANAGED_PROPERTIES = frozenset(
+    {
+        "bootstrap.servers",
+        "enable.idempotence",
+        "acks",
+        "request.required.acks",
+        "security.protocol",
+        "sasl.mechanism",
+        "sasl.mechanisms",
+        "sasl.username",
+        "sasl.password",
+        "ssl.ca.location",
+        "ssl.certificate.location",
+        "ssl.key.location",
+        "ssl.key.password",
+        "ssl.endpoint.identification.algorithm",
+    }
+)
+"""librdkafka properties the Kafka sink sets itself; `extra_properties` may not override them:
+the delivery guarantee rests on the idempotent producer waiting for all in-sync replicas."""
+
+
+class KafkaSinkConfig(_Model):
+    """Publishes every event as JSON to a Kafka topic, keyed by vehicle, with an idempotent
+    producer; a batch is settled only once the brokers confirmed every record. A batch that
+    failed part-way is published again in full, so the topic can hold a record more than
+    once: consumers dedupe by the `event_id` header."""
+
+    type: Literal["kafka"]
+    name: str = Field("kafka", min_length=1)
+    """Sink name used in logs and metrics."""
+    bootstrap_servers: list[str] = Field(min_length=1)
+    """Brokers to bootstrap from, as `host:port`."""
+    topic: str = Field(min_length=1)
+    """Topic the events are published to. Records are keyed by the vehicle key, so the events of
+    one vehicle stay in order within a partition."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How to talk to the brokers."""
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism for the `SASL_*` protocols."""
+    sasl_username: str | None = None
+    """SASL user name."""
+    sasl_password: SecretStr | None = None
+    """SASL password; use `${ENV_VAR}` or `${file:...}`."""
+    tls: KafkaTlsConfig = KafkaTlsConfig()
+    """TLS settings for the `SSL` and `SASL_SSL` protocols."""
+    delivery_timeout_secs: float = Field(30.0, gt=0)
+    """Longest wait for the brokers to confirm a batch; past it the write fails (and is retried,
+    then refused or redelivered)."""
+    include_quarantine_topic: str | None = Field(None, min_length=1)
+    """Also publish quarantine records (raw bytes as base64) to this topic, keyed by their
+    digest. Unset: this sink ignores them."""
+    extra_properties: dict[str, str | int | float | bool] = {}
+    """Further librdkafka producer properties, passed through as they are (e.g. `client.id`,
+    `compression.type`, `linger.ms`). The properties fleetstream manages itself are refused."""
+
+    @model_validator(mode="after")
+    def _consistent_security(self) -> KafkaSinkConfig:
+        _check_kafka_client(self, KAFKA_PRODUCER_MANAGED_PROPERTIES)
+        return self
+
+
 SinkConfig = Annotated[
-    SqliteSinkConfig | MemorySinkConfig | PostgresSinkConfig, Field(discriminator="type")
+    SqliteSinkConfig | MemorySinkConfig | PostgresSinkConfig | JsonlSinkConfig | KafkaSinkConfig,
+    Field(discriminator="type"),
 ]
 
 

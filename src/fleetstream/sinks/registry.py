@@ -12,6 +12,8 @@ SINKS: Final[dict[str, str]] = {
     "sqlite": "fleetstream.sinks.sqlite:SqliteSink",
     "memory": "fleetstream.sinks.memory:MemorySink",
     "postgres": "fleetstream.sinks.postgres:PostgresSink",
+    "jsonl": "fleetstream.sinks.jsonl:JsonlSink",
+    "kafka": "fleetstream.sinks.kafka:KafkaSink",
 }
 
 
