@@ -42,7 +42,7 @@ from confluent_kafka import (
 )
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from fleetstream.config.model import KafkaSourceConfig
+from fleetstream.config.model import KafkaSinkConfig, KafkaSourceConfig
 from fleetstream.errors import PipelineClosed
 from fleetstream.pipeline import Outcome, SourceHandle
 from fleetstream.telemetry.metrics import Telemetry
@@ -68,6 +68,14 @@ def consumer_properties(config: KafkaSourceConfig) -> dict[str, Any]:
         "max.poll.interval.ms": int(config.max_poll_interval_secs * 1000),
         "security.protocol": config.security_protocol,
     }
+    props.update(security_properties(config))
+    props.update(config.extra_properties)
+    return props
+
+
+def security_properties(config: KafkaSourceConfig | KafkaSinkConfig) -> dict[str, Any]:
+    """SASL and TLS settings as librdkafka properties; shared by the source and the sink."""
+    props: dict[str, Any] = {}
     if config.security_protocol.startswith("SASL_"):
         assert config.sasl_password is not None
         props["sasl.mechanism"] = config.sasl_mechanism
@@ -84,7 +92,6 @@ def consumer_properties(config: KafkaSourceConfig) -> dict[str, Any]:
             props["ssl.key.location"] = str(tls.key_file)
         if tls.key_password is not None:
             props["ssl.key.password"] = tls.key_password.get_secret_value()
-    props.update(config.extra_properties)
     return props
 
 

@@ -32,6 +32,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from fleetstream.config.model import KafkaSinkConfig
+from fleetstream.consumers.kafka import security_properties
 from fleetstream.errors import RetryableSinkError
 from fleetstream.normalize.model import VehicleEvent
 from fleetstream.sinks.base import QuarantineRecord
@@ -54,22 +55,7 @@ def producer_properties(config: KafkaSinkConfig) -> dict[str, Any]:
         "delivery.timeout.ms": max(1, int(config.delivery_timeout_secs * 1000)),
         "security.protocol": config.security_protocol,
     }
-    if config.security_protocol.startswith("SASL_"):
-        assert config.sasl_password is not None
-        props["sasl.mechanism"] = config.sasl_mechanism
-        props["sasl.username"] = config.sasl_username
-        props["sasl.password"] = config.sasl_password.get_secret_value()
-    if config.security_protocol in ("SSL", "SASL_SSL"):
-        tls = config.tls
-        props["ssl.endpoint.identification.algorithm"] = "https" if tls.verify_hostname else "none"
-        if tls.ca_file is not None:
-            props["ssl.ca.location"] = str(tls.ca_file)
-        if tls.cert_file is not None:
-            props["ssl.certificate.location"] = str(tls.cert_file)
-        if tls.key_file is not None:
-            props["ssl.key.location"] = str(tls.key_file)
-        if tls.key_password is not None:
-            props["ssl.key.password"] = tls.key_password.get_secret_value()
+    props.update(security_properties(config))
     props.update(config.extra_properties)
     return props
 
