@@ -382,7 +382,7 @@ async def test_sighup_reloads_log_level_and_keeps_running(
     daemon.signal(signal.SIGTERM)
 
     assert ([], 200, 0) == (debug_before, status, daemon.wait())
-    assert any('"message_received"' in line for line in debug_after)
+    assert any('"batch_written"' in line for line in debug_after)
 
 
 async def wait_for_log(daemon: Daemon, event: str, timeout_secs: float = 10) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fleetstream.telemetry.metrics import MAX_UNKNOWN_TYPE_LABELS, Telemetry
 
 
@@ -35,3 +37,14 @@ def test_last_message_age_counts_from_last_message() -> None:
 
     assert 0 <= telemetry.message_age("cc") < 60
     assert telemetry.message_age("cc") < telemetry.message_age("never")
+
+
+def test_unknown_type_is_logged_once_per_type(capsys: pytest.CaptureFixture[str]) -> None:
+    """A new unknown type is logged the first time it is seen per source, not per event."""
+    telemetry = Telemetry()
+    for _ in range(3):
+        telemetry.unknown_event_type("cc", "brand_new")
+    telemetry.unknown_event_type("cc", "other_new")
+
+    logged = [line for line in capsys.readouterr().out.splitlines() if "unknown_event_type" in line]
+    assert 2 == len(logged)

@@ -128,20 +128,21 @@ class Telemetry:
         self.received.labels(source).inc()
         self.received_bytes.labels(source).inc(size_bytes)
         self.last_message.labels(source).set(now)
-        log.debug("message_received", source=source, size_bytes=size_bytes)
+        # No log line per message: it would cost more than the counting (the metrics say it).
 
     def events_decoded(self, source: str, count: int) -> None:
         self.decoded.labels(source).inc(count)
 
     def unknown_event_type(self, source: str, event_type: str) -> None:
         """Counted by type, up to `MAX_UNKNOWN_TYPE_LABELS` types per source; types beyond that
-        share the label `other`, so a sender cannot create unbounded series."""
+        share the label `other`, so a sender cannot create unbounded series. Logged once per
+        type and source, not once per event."""
         labels = self._unknown_type_labels.setdefault(source, set())
         if event_type not in labels and len(labels) < MAX_UNKNOWN_TYPE_LABELS:
             labels.add(event_type)
+            log.info("unknown_event_type", source=source, type=event_type, first_seen=True)
         label = event_type if event_type in labels else "other"
         self.unknown_types.labels(source, label).inc()
-        log.info("unknown_event_type", source=source, type=event_type)
 
     def decode_failed(self, source: str, reason: str, error: str, whole_message: bool) -> None:
         self.decode_errors.labels(source, reason).inc()
