@@ -377,7 +377,16 @@ async def test_sighup_reloads_log_level_and_keeps_running(
     daemon.config_path.write_text(yaml.safe_dump(config))
     daemon.signal(signal.SIGHUP)
     await wait_for_log(daemon, "config_reloaded")
-    status, _, _ = await post(daemon, CC_URL, b"[]", auth)
+    fresh = [
+        {
+            "type": "car_ignition",
+            "id": 1,
+            "value": True,
+            "vehicleId": 9,
+            "time": "2024-06-01T00:00:00Z",
+        }
+    ]
+    status, _, _ = await post(daemon, CC_URL, orjson.dumps(fresh), auth)
     debug_after = [line for line in daemon.log_events() if '"level": "debug"' in line]
     daemon.signal(signal.SIGTERM)
 
